@@ -1,0 +1,130 @@
+"""Optical-flow accuracy and speed on real frame pairs with ground truth.
+
+    python bench/flow_benchmark.py [--data ../shared/data/flow] [--repeats 5] [--write docs/benchmarks.md]
+
+For every backend/preset: end-point error (EPE, px, over pixels with known ground truth)
+and the median wall time per pair (after one warm-up), on the Middlebury pairs
+(RubberWhale, Dimetrodon; frame10 -> frame11) and the FlyingChairs examples. Time is
+also given as a ratio to OpenCV Farneback measured in the same run, the baseline, since
+absolute times move with the machine's load. ``--write`` replaces the flow section of a
+Markdown file with the table and the command that produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from motionnft.files import atomic_write  # noqa: E402
+from motionnft.flow import available_backends, create_estimator, read_flo, valid_flow_mask  # noqa: E402
+from motionnft.image import load_image  # noqa: E402
+
+BASELINE = ("farneback", "default")
+SECTION = re.compile(r"<!-- flow-benchmark:start -->.*?<!-- flow-benchmark:end -->", re.S)
+
+
+def find_pairs(root: Path) -> list[tuple[str, Path, Path, Path]]:
+    """(name, frame A, frame B, ground-truth .flo) for every pair found under ``root``."""
+    pairs = []
+    for scene in sorted((root / "middlebury").glob("*")):
+        if (scene / "flow10.flo").exists():
+            pairs.append((f"Middlebury {scene.name}", scene / "frame10_color.png", scene / "frame11_color.png", scene / "flow10.flo"))
+    for gt in sorted((root / "chairs").glob("*-gt.flo")):
+        stem = gt.name[: -len("-gt.flo")]
+        pairs.append((f"FlyingChairs {stem}", gt.with_name(f"{stem}-img0.ppm"), gt.with_name(f"{stem}-img1.ppm"), gt))
+    return pairs
+
+
+def end_point_error(flow: torch.Tensor, truth: torch.Tensor) -> float:
+    known = valid_flow_mask(truth)
+    return float((flow - truth).norm(dim=0)[known].mean())
+
+
+def measure(pairs, repeats: int) -> list[dict]:
+    methods = [(name, preset) for name, backend in available_backends().items() for preset in backend.presets]
+    loaded = [(name, load_image(a), load_image(b), read_flo(gt)) for name, a, b, gt in pairs]
+    rows = []
+    for backend, preset in methods:
+        estimator = create_estimator(backend, preset)
+        for name, image_a, image_b, truth in loaded:
+            flow = estimator(image_a, image_b)[0]
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                estimator(image_a, image_b)
+                times.append(time.perf_counter() - start)
+            rows.append(
+                {
+                    "pair": name,
+                    "size": f"{image_a.shape[-1]}x{image_a.shape[-2]}",
+                    "method": backend if preset == "default" else f"{backend} {preset}",
+                    "key": (backend, preset),
+                    "epe": end_point_error(flow, truth),
+                    "ms": 1000 * statistics.median(times),
+                }
+            )
+    baseline = {row["pair"]: row["ms"] for row in rows if row["key"] == BASELINE}
+    for row in rows:
+        row["ratio"] = row["ms"] / baseline[row["pair"]]
+    return rows
+
+
+def markdown(rows: list[dict], command: str, repeats: int) -> str:
+    lines = [
+        "<!-- flow-benchmark:start -->",
+        "## Optical flow: accuracy and time per pair (CPU)",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, OpenCV {cv2.__version__}. Time: median of {repeats} runs after a "
+        "warm-up, including the float -> 8-bit grey conversion; ratio = time / Farneback time on the "
+        "same pair in the same run.",
+        "",
+        "| pair | size | method | EPE (px) | ms / pair | time ratio vs Farneback |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for row in sorted(rows, key=lambda r: (r["pair"], r["method"])):
+        lines.append(
+            f"| {row['pair']} | {row['size']} | {row['method']} | {row['epe']:.3f} | {row['ms']:.1f} | {row['ratio']:.2f} |"
+        )
+    lines += ["<!-- flow-benchmark:end -->"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_data = Path(__file__).resolve().parents[2] / "shared" / "data" / "flow"
+    parser.add_argument("--data", type=Path, default=default_data, help=f"folder with middlebury/ and chairs/ (default {default_data})")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--write", type=Path, default=None, help="Markdown file whose flow section is replaced")
+    args = parser.parse_args(argv)
+    pairs = find_pairs(args.data)
+    if not pairs:
+        parser.error(f"no frame pairs with ground truth found under {args.data} (looked in middlebury/*/ and chairs/)")
+    rows = measure(pairs, args.repeats)
+    command = "python bench/flow_benchmark.py" + (f" --repeats {args.repeats}" if args.repeats != 5 else "")
+    table = markdown(rows, command + (f" --write {args.write}" if args.write else ""), args.repeats)
+    print(table)
+    if args.write:
+        text = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
+        text = SECTION.sub(lambda _: table, text) if SECTION.search(text) else text.rstrip() + "\n\n" + table + "\n"
+        with atomic_write(args.write, "w") as handle:
+            handle.write(text)
+        print(f"wrote {args.write}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+// MotionNFT front-end extension: shows what the Motion Reward node computed, on the node.
+// DOM widgets only (no canvas drawing), so it works with the new node renderer too.
+import { app } from "../../scripts/app.js";
+
+const REWARD_NODE = "MotionNFT_MotionReward";
+
+function summaryElement() {
+  const element = document.createElement("pre");
+  element.className = "motionnft-summary";
+  Object.assign(element.style, {
+    margin: "0",
+    padding: "4px 6px",
+    font: "11px/1.35 monospace",
+    whiteSpace: "pre-wrap",
+    overflow: "auto",
+    maxHeight: "160px",
+    color: "var(--input-text, #ddd)",
+    background: "var(--comfy-input-bg, #222)",
+    borderRadius: "4px",
+  });
+  element.textContent = "Run the graph to see the reward terms.";
+  return element;
+}
+
+app.registerExtension({
+  name: "MotionNFT.RewardSummary",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name !== REWARD_NODE) return;
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const result = onNodeCreated?.apply(this, arguments);
+      this.motionnftSummary = this.addDOMWidget("motionnft_summary", "motionnft_summary", summaryElement(), {
+        serialize: false,
+      });
+      return result;
+    };
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (message) {
+      onExecuted?.apply(this, arguments);
+      const text = Array.isArray(message?.text) ? message.text.join("\n") : "";
+      if (this.motionnftSummary && text) this.motionnftSummary.element.textContent = text;
+    };
+  },
+});

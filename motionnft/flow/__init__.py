@@ -1,0 +1,51 @@
+"""Optical flow behind one interface, plus colour coding, warping, occlusion and ``.flo`` I/O.
+
+Every estimator maps two ``(B, 3, H, W)`` float batches in [0, 1] to a flow
+``(B, 2, H, W)`` in pixels (x right, y down; from frame A to frame B)::
+
+    from motionnft.flow import estimate_flow, flow_to_color
+    flow = estimate_flow(frame_a, frame_b, backend="dis", preset="medium")
+    picture = flow_to_color(flow)
+"""
+
+from .base import (
+    FlowBackend,
+    FlowEstimator,
+    ProgressCallback,
+    available_backends,
+    create_estimator,
+    estimate_flow,
+    get_backend,
+    prepare_image_pair,
+    register_backend,
+)
+from .flo import read_flo, valid_flow_mask, write_flo
+from .opencv import DISFlow, FarnebackFlow
+from .viz import color_wheel, draw_flow_arrows, flow_legend, flow_to_color
+from .warp import forward_backward_occlusion, pixel_grid, resize_flow, splat_forward, warp_backward
+
+__all__ = [
+    "DISFlow",
+    "FarnebackFlow",
+    "FlowBackend",
+    "FlowEstimator",
+    "ProgressCallback",
+    "available_backends",
+    "color_wheel",
+    "create_estimator",
+    "draw_flow_arrows",
+    "estimate_flow",
+    "flow_legend",
+    "flow_to_color",
+    "forward_backward_occlusion",
+    "get_backend",
+    "pixel_grid",
+    "prepare_image_pair",
+    "read_flo",
+    "register_backend",
+    "resize_flow",
+    "splat_forward",
+    "valid_flow_mask",
+    "warp_backward",
+    "write_flo",
+]

@@ -1,0 +1,64 @@
+"""Middlebury ``.flo`` files: magic 202021.25, int32 width, int32 height, float32 (u, v) rows."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..files import atomic_write
+
+FLO_MAGIC = 202021.25
+UNKNOWN_FLOW_THRESHOLD = 1e9
+"""Middlebury marks pixels without ground truth with values above this."""
+
+
+def read_flo(path: str | os.PathLike) -> torch.Tensor:
+    """Read a ``.flo`` file into a ``(2, H, W)`` float32 tensor in pixels.
+
+    Unknown pixels keep their stored values (> 1e9); see :func:`valid_flow_mask`.
+
+    Raises:
+        FileNotFoundError, or ValueError naming the file when it is not a whole ``.flo``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"flow file not found: {path}")
+    data = path.read_bytes()
+    if len(data) < 12:
+        raise ValueError(f"{path}: too short for a .flo header ({len(data)} bytes)")
+    magic = np.frombuffer(data, "<f4", 1, 0)[0]
+    if magic != np.float32(FLO_MAGIC):
+        raise ValueError(f"{path}: not a .flo file (magic {magic!r}, expected {FLO_MAGIC})")
+    width, height = (int(v) for v in np.frombuffer(data, "<i4", 2, 4))
+    if width <= 0 or height <= 0:
+        raise ValueError(f"{path}: invalid size {width}x{height}")
+    expected = 12 + 8 * width * height
+    if len(data) < expected:
+        raise ValueError(f"{path}: truncated ({len(data)} bytes, {width}x{height} needs {expected})")
+    flow = np.frombuffer(data, "<f4", 2 * width * height, 12).reshape(height, width, 2)
+    return torch.from_numpy(flow.copy()).permute(2, 0, 1).contiguous()
+
+
+def write_flo(path: str | os.PathLike, flow: torch.Tensor) -> Path:
+    """Write a ``(2, H, W)`` (or ``(1, 2, H, W)``) flow in pixels to ``path`` atomically."""
+    path = Path(path)
+    if flow.ndim == 4 and flow.shape[0] == 1:
+        flow = flow[0]
+    if flow.ndim != 3 or flow.shape[0] != 2:
+        raise ValueError(f"write_flo: expected a flow of shape (2, H, W), got {tuple(flow.shape)}")
+    _, height, width = flow.shape
+    array = flow.detach().float().cpu().permute(1, 2, 0).contiguous().numpy().astype("<f4")
+    with atomic_write(path) as handle:
+        handle.write(np.array([FLO_MAGIC], "<f4").tobytes())
+        handle.write(np.array([width, height], "<i4").tobytes())
+        handle.write(array.tobytes())
+    return path
+
+
+def valid_flow_mask(flow: torch.Tensor) -> torch.Tensor:
+    """True where a flow ``(..., 2, H, W)`` is known: finite and within the unknown threshold."""
+    finite = torch.isfinite(flow).all(dim=-3)
+    return finite & (flow.abs() < UNKNOWN_FLOW_THRESHOLD).all(dim=-3)

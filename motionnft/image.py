@@ -1,0 +1,123 @@
+"""Images as tensors: ``(B, 3, H, W)`` float in [0, 1] everywhere inside the library."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from .files import atomic_write
+
+# ITU-R BT.601 luma, the weights of OpenCV's RGB2GRAY, so that a float image converted
+# here gives the same 8-bit grey image as cv2.cvtColor on the 8-bit original.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def check_image_batch(name: str, image: torch.Tensor, channels: tuple[int, ...] = (3,)) -> torch.Tensor:
+    """Validate an image batch and return it as a float tensor.
+
+    Args:
+        name: what the caller calls this input, used in the error message.
+        image: ``(B, C, H, W)`` tensor with C in ``channels``; a ``(C, H, W)`` tensor is
+            taken as a batch of one.
+
+    Raises:
+        TypeError / ValueError naming ``name`` and the expected layout.
+    """
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of shape (B, 3, H, W), got {type(image).__name__}")
+    if image.ndim == 3:
+        image = image.unsqueeze(0)
+    want = " or ".join(str(c) for c in channels)
+    if image.ndim != 4 or image.shape[1] not in channels:
+        raise ValueError(f"{name}: expected shape (B, {want}, H, W), got {tuple(image.shape)}")
+    if image.shape[0] == 0 or image.shape[2] == 0 or image.shape[3] == 0:
+        raise ValueError(f"{name}: empty image batch {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise TypeError(f"{name}: expected a float tensor with values in [0, 1], got dtype {image.dtype}")
+    return image
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read an image file into a ``(1, 3, H, W)`` float32 tensor in [0, 1].
+
+    Grey, palette and alpha images are converted to RGB (alpha is dropped).
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file is not an image PIL can read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as pil:
+            pil.load()
+            rgb = pil.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot read {path} as an image (PNG, JPEG, WebP, PPM, ...): {error}") from error
+    return pil_to_tensor(rgb)
+
+
+def pil_to_tensor(pil: Image.Image) -> torch.Tensor:
+    """PIL RGB image -> ``(1, 3, H, W)`` float32 in [0, 1]."""
+    array = np.asarray(pil.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
+
+
+def tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    """``(3, H, W)`` or ``(1, 3, H, W)`` float in [0, 1] -> PIL RGB image (rounded to 8 bits)."""
+    if image.ndim == 4:
+        if image.shape[0] != 1:
+            raise ValueError(f"tensor_to_pil: expected one image, got a batch of {image.shape[0]}")
+        image = image[0]
+    array = to_uint8(image).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array, mode="RGB")
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """Float image in [0, 1] -> uint8 in [0, 255] with rounding, same layout."""
+    return (image.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+
+
+def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write a ``(3, H, W)`` / ``(1, 3, H, W)`` float image atomically; format from the suffix."""
+    path = Path(path)
+    pil = tensor_to_pil(image)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot save {path}: unknown image suffix {path.suffix!r} (use .png, .jpg, .webp)")
+    with atomic_write(path) as handle:
+        pil.save(handle, format=fmt)
+    return path
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``(B, C, H, W)`` to ``size = (H', W')``.
+
+    Plain bilinear with ``align_corners=False`` and no antialiasing: the resize the
+    MotionNFT reference applies before computing flows. Returns the input when the size
+    already matches.
+    """
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def to_gray_uint8(image: torch.Tensor) -> np.ndarray:
+    """``(B, 3, H, W)`` float in [0, 1] -> ``(B, H, W)`` uint8 grey (BT.601 luma, rounded).
+
+    Equals ``cv2.cvtColor(rgb8, cv2.COLOR_RGB2GRAY)`` up to one grey level.
+    A one-channel batch is taken as grey already.
+    """
+    image = image.detach().float().clamp(0, 1)
+    if image.shape[1] == 3:
+        weights = torch.tensor(_LUMA, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+        image = (image * weights).sum(dim=1)
+    else:
+        image = image[:, 0]
+    return (image * 255.0).round().to(torch.uint8).cpu().numpy()

@@ -1,0 +1,186 @@
+"""Procedurally drawn motion scenes with exact ground-truth flow.
+
+A textured figure (head, body, one arm) stands on a textured background. A
+:class:`FigurePose` places the body and sets the arm angle; :func:`render_scene` draws
+the pose and :func:`scene_flow` gives the exact flow between two poses. Every texture is
+attached to its part, so the parts' pixels really move and flow estimators can track
+them. These scenes are the project's built-in sample (``motionnft demo``) and its test
+data: no files or weights needed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from .flow.warp import pixel_grid
+
+
+@dataclass(frozen=True)
+class FigurePose:
+    """Where the figure is and what its arm does.
+
+    Attributes:
+        x, y: body centre as fractions of the image width and height.
+        arm_angle: degrees from hanging straight down, counter-clockwise as seen
+            (90 = pointing right, 180 = straight up).
+    """
+
+    x: float = 0.42
+    y: float = 0.62
+    arm_angle: float = 20.0
+
+    def moved(self, dx: float = 0.0, dy: float = 0.0, arm: float = 0.0) -> "FigurePose":
+        """This pose shifted by ``(dx, dy)`` (fractions of the size) and the arm turned by ``arm``°."""
+        return replace(self, x=self.x + dx, y=self.y + dy, arm_angle=self.arm_angle + arm)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    centre: torch.Tensor  # (2,) pixels
+    body_radii: tuple[float, float]
+    head_centre: torch.Tensor
+    head_radius: float
+    shoulder: torch.Tensor
+    arm_axis: torch.Tensor  # unit vector along the arm
+    arm_normal: torch.Tensor
+    arm_length: float
+    arm_half_width: float
+
+
+def _geometry(pose: FigurePose, height: int, width: int) -> _Geometry:
+    unit = min(height, width)
+    centre = torch.tensor([pose.x * width, pose.y * height], dtype=torch.float64)
+    rx, ry = 0.13 * unit, 0.22 * unit
+    head_radius = 0.095 * unit
+    head_centre = centre + torch.tensor([0.0, -(ry + head_radius * 0.9)], dtype=torch.float64)
+    shoulder = centre + torch.tensor([0.55 * rx, -0.62 * ry], dtype=torch.float64)
+    theta = math.radians(pose.arm_angle)
+    axis = torch.tensor([math.sin(theta), math.cos(theta)], dtype=torch.float64)
+    normal = torch.tensor([-axis[1], axis[0]], dtype=torch.float64)
+    return _Geometry(centre, (rx, ry), head_centre, head_radius, shoulder, axis, normal, 0.34 * unit, 0.045 * unit)
+
+
+def _part_coordinates(geometry: _Geometry, points: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """For each part: (inside mask (H, W), part-frame coordinates (2, H, W))."""
+    rel_body = points - geometry.centre.view(2, 1, 1)
+    rx, ry = geometry.body_radii
+    body = (rel_body[0] / rx) ** 2 + (rel_body[1] / ry) ** 2 <= 1
+    rel_head = points - geometry.head_centre.view(2, 1, 1)
+    head = rel_head.pow(2).sum(0) <= geometry.head_radius**2
+    rel_arm = points - geometry.shoulder.view(2, 1, 1)
+    along = (rel_arm * geometry.arm_axis.view(2, 1, 1)).sum(0)
+    across = (rel_arm * geometry.arm_normal.view(2, 1, 1)).sum(0)
+    arm = (along >= -geometry.arm_half_width) & (along <= geometry.arm_length) & (across.abs() <= geometry.arm_half_width)
+    # Body and head move together: one rigid frame centred on the body.
+    return {
+        "arm": (arm, torch.stack((along, across))),
+        "torso": (body | head, rel_body),
+    }
+
+
+def _sinusoid_texture(coords: torch.Tensor, seed: int, unit: float) -> torch.Tensor:
+    """A smooth colour texture as a function of part-frame coordinates ``(2, H, W)`` -> ``(3, H, W)``."""
+    generator = torch.Generator().manual_seed(seed)
+    base = 0.25 + 0.5 * torch.rand(3, generator=generator, dtype=torch.float64)
+    out = base.view(3, 1, 1).expand(3, *coords.shape[1:]).clone()
+    for _ in range(6):
+        wavelength = unit * (0.04 + 0.10 * torch.rand(1, generator=generator, dtype=torch.float64))
+        direction = torch.rand(1, generator=generator, dtype=torch.float64) * 2 * math.pi
+        phase = torch.rand(1, generator=generator, dtype=torch.float64) * 2 * math.pi
+        amplitude = 0.05 + 0.07 * torch.rand(3, generator=generator, dtype=torch.float64)
+        k = 2 * math.pi / wavelength
+        wave = torch.sin(k * (coords[0] * torch.cos(direction) + coords[1] * torch.sin(direction)) + phase)
+        out = out + amplitude.view(3, 1, 1) * wave
+    return out.clamp(0, 1)
+
+
+def background(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """Smooth multi-scale colour noise with a floor gradient, ``(3, H, W)`` float32 in [0, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    out = torch.zeros(1, 3, height, width, dtype=torch.float64)
+    for octave, weight in ((4, 0.45), (9, 0.30), (23, 0.18), (61, 0.10)):
+        grid = torch.rand(1, 3, octave, max(2, round(octave * width / height)), generator=generator, dtype=torch.float64)
+        out += weight * F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
+    out = out[0] / 1.03
+    floor = torch.linspace(0, 1, height, dtype=torch.float64).view(1, height, 1).clamp_min(0.7) - 0.7
+    out = out * (1 - floor) + 0.3 * floor
+    return out.clamp(0, 1).float()
+
+
+def render_scene(pose: FigurePose, size: tuple[int, int] = (256, 256), seed: int = 0) -> torch.Tensor:
+    """Draw the figure in ``pose`` over the background; ``(3, H, W)`` float32 in [0, 1].
+
+    ``seed`` chooses the background and the parts' textures (same seed = same scene).
+    """
+    height, width = size
+    unit = min(height, width)
+    points = pixel_grid(height, width, dtype=torch.float64)[0]
+    image = background(height, width, seed).double()
+    parts = _part_coordinates(_geometry(pose, height, width), points)
+    for index, name in enumerate(("torso", "arm")):  # the arm is drawn over the torso
+        inside, coords = parts[name]
+        texture = _sinusoid_texture(coords, seed * 7919 + index + 1, unit)
+        image = torch.where(inside.unsqueeze(0), texture, image)
+    return image.float()
+
+
+def scene_flow(pose_a: FigurePose, pose_b: FigurePose, size: tuple[int, int] = (256, 256)) -> torch.Tensor:
+    """Exact flow from the scene in ``pose_a`` to the scene in ``pose_b``: ``(2, H, W)`` pixels.
+
+    Background pixels have zero flow; each visible part pixel of frame A moves rigidly
+    with its part.
+    """
+    height, width = size
+    points = pixel_grid(height, width, dtype=torch.float64)[0]
+    geo_a, geo_b = _geometry(pose_a, height, width), _geometry(pose_b, height, width)
+    parts = _part_coordinates(geo_a, points)
+    flow = torch.zeros(2, height, width, dtype=torch.float64)
+    inside, coords = parts["torso"]
+    moved = geo_b.centre.view(2, 1, 1) + coords
+    flow = torch.where(inside.unsqueeze(0), moved - points, flow)
+    inside, coords = parts["arm"]
+    moved = (
+        geo_b.shoulder.view(2, 1, 1)
+        + coords[0:1] * geo_b.arm_axis.view(2, 1, 1)
+        + coords[1:2] * geo_b.arm_normal.view(2, 1, 1)
+    )
+    flow = torch.where(inside.unsqueeze(0), moved - points, flow)
+    return flow.float()
+
+
+@dataclass
+class DemoSample:
+    """The built-in sample: an input, its ground-truth target, and candidate edits."""
+
+    input: torch.Tensor
+    """``(1, 3, H, W)``: the figure with its arm down."""
+    target: torch.Tensor
+    """``(1, 3, H, W)``: "raise the arm and step right" as it should look."""
+    edits: dict[str, torch.Tensor]
+    """Named ``(1, 3, H, W)`` edits of differing faithfulness."""
+    instruction: str = "Make the figure raise its arm and take a step to the right."
+
+
+def demo_sample(size: int = 256, seed: int = 0) -> DemoSample:
+    """The bundled sample the demo scores: a pose edit and four candidate edits.
+
+    Edits: ``faithful`` (close to the target), ``half_way`` (the right motion, half as
+    far), ``opposite`` (steps left, arm swings back), ``unchanged`` (the input itself).
+    """
+    start = FigurePose()
+    goal = start.moved(dx=0.05, arm=55)
+
+    def draw(pose: FigurePose) -> torch.Tensor:
+        return render_scene(pose, (size, size), seed).unsqueeze(0)
+
+    edits = {
+        "faithful": draw(goal.moved(dx=0.004, arm=-5)),
+        "half_way": draw(start.moved(dx=0.025, arm=27)),
+        "opposite": draw(start.moved(dx=-0.05, arm=-35)),
+        "unchanged": draw(start),
+    }
+    return DemoSample(input=draw(start), target=draw(goal), edits=edits)

@@ -1,0 +1,17 @@
+"""ComfyUI nodes of the MotionNFT pack (V3 schema). Thin: parse inputs, call motionnft, preview."""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .flow_nodes import FlowToImage, OpticalFlow, WarpImageByFlow
+from .reward_nodes import MotionRewardNode
+
+NODES: list[type[io.ComfyNode]] = [OpticalFlow, FlowToImage, WarpImageByFlow, MotionRewardNode]
+
+
+class MotionNFTExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> MotionNFTExtension:
+    return MotionNFTExtension()
