@@ -86,12 +86,22 @@ def test_a_single_first_image_is_broadcast_over_a_batch():
     assert flow[1].abs().max() < 0.05  # A to itself
 
 
-def test_any_size_works_including_tiny_and_odd():
-    for height, width in ((5, 7), (1, 1), (17, 300), (301, 13)):
+@pytest.mark.parametrize("backend, preset", [("dis", "ultrafast"), ("dis", "fast"), ("dis", "medium"), ("farneback", None)])
+def test_any_size_works_including_tiny_and_elongated(backend, preset):
+    # 16x300 crashed OpenCV's DIS at the fast presets before the size guard.
+    for height, width in ((5, 7), (1, 1), (16, 300), (17, 300), (301, 13), (24, 90), (91, 31)):
         image = torch.rand(2, 3, height, width)
-        flow = estimate_flow(image, image, preset="ultrafast")
+        flow = estimate_flow(image, image, backend=backend, preset=preset)
         assert flow.shape == (2, 2, height, width)
         assert torch.isfinite(flow).all()
+
+
+def test_a_small_image_does_not_change_the_preset_for_later_calls():
+    frame_a, frame_b, _ = translated_pair(2.6, -1.3)
+    before = DISFlow("ultrafast")(frame_a, frame_b)
+    estimator = DISFlow("ultrafast")
+    estimator(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
+    assert torch.equal(estimator(frame_a, frame_b), before)
 
 
 def test_progress_is_reported_per_pair_and_can_cancel():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import torch
@@ -15,9 +17,23 @@ DIS_PRESETS = {
     "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
 }
 
-# DIS refuses images smaller than its patch pyramid needs (8x8 fails, 12x20 works);
-# smaller inputs are edge-padded to this size and the flow cropped back.
-_MIN_SIDE = 16
+
+def _padded_size(height: int, width: int, patch: int, finest: int) -> tuple[int, int]:
+    """The smallest size >= (height, width) whose pyramid reaches the preset's finest scale.
+
+    DIS derives its coarsest scale from the image size; below these sizes the coarsest
+    falls under the finest scale and OpenCV refuses the image or crashes (seen: 16x300
+    at the fast preset).
+    """
+    short = patch * 2**finest
+    long = math.ceil(4 * patch * 2 ** (finest - 0.5))
+    height, width = max(height, short), max(width, short)
+    if max(height, width) < long:
+        if height >= width:
+            height = long
+        else:
+            width = long
+    return height, width
 
 
 class _OpenCVFlow(FlowEstimator):
@@ -26,14 +42,20 @@ class _OpenCVFlow(FlowEstimator):
     def _calc(self, gray1: np.ndarray, gray2: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _min_size(self, height: int, width: int) -> tuple[int, int]:
+        return height, width
+
     def estimate(self, image1, image2, progress: ProgressCallback | None) -> torch.Tensor:
         gray1, gray2 = to_gray_uint8(image1), to_gray_uint8(image2)
         batch, height, width = gray1.shape
-        pad_y, pad_x = max(0, _MIN_SIDE - height), max(0, _MIN_SIDE - width)
+        padded_h, padded_w = self._min_size(height, width)
+        pad_y, pad_x = padded_h - height, padded_w - width
         out = np.empty((batch, height, width, 2), dtype=np.float32)
         for index in range(batch):
             a, b = gray1[index], gray2[index]
             if pad_y or pad_x:
+                # Edge-replicated padding below and right: the image's own pixels keep
+                # their coordinates, and the flow is cropped back.
                 a = cv2.copyMakeBorder(a, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
                 b = cv2.copyMakeBorder(b, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
             out[index] = self._calc(a, b)[:height, :width]
@@ -55,10 +77,19 @@ class DISFlow(_OpenCVFlow):
         if preset not in DIS_PRESETS:
             raise ValueError(f"DIS preset {preset!r}: expected one of {', '.join(DIS_PRESETS)}")
         self.preset = preset
-        self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+
+    def _new_dis(self):
+        return cv2.DISOpticalFlow_create(DIS_PRESETS[self.preset])
+
+    def _min_size(self, height, width):
+        dis = self._new_dis()
+        return _padded_size(height, width, dis.getPatchSize(), dis.getFinestScale())
 
     def _calc(self, gray1, gray2):
-        return self._dis.calc(gray1, gray2, None)
+        # A fresh DIS object per pair (~5 µs): OpenCV lowers the finest pyramid scale of
+        # an object that met a small image and keeps it lowered, which would silently
+        # change the preset for every later call.
+        return self._new_dis().calc(gray1, gray2, None)
 
     def __repr__(self) -> str:
         return f"DISFlow(preset={self.preset!r})"
