@@ -2,10 +2,17 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from .flow_nodes import FlowToImage, OpticalFlow, WarpImageByFlow
+from .flow_nodes import FlowToImage, FlowToOpticalFlow, OpticalFlow, OpticalFlowToFlow, WarpImageByFlow
 from .reward_nodes import MotionRewardNode
 
-NODES: list[type[io.ComfyNode]] = [OpticalFlow, FlowToImage, WarpImageByFlow, MotionRewardNode]
+NODES: list[type[io.ComfyNode]] = [
+    OpticalFlow,
+    FlowToImage,
+    WarpImageByFlow,
+    FlowToOpticalFlow,
+    OpticalFlowToFlow,
+    MotionRewardNode,
+]
 
 
 class MotionNFTExtension(ComfyExtension):

@@ -159,3 +159,44 @@ class WarpImageByFlow(io.ComfyNode):
         else:
             raise ValueError(f"direction: expected 'backward' or 'forward', got {direction!r}")
         return io.NodeOutput(bchw_to_image(warped), valid[:, 0])
+
+
+OpticalFlowAux = io.Custom("OPTICAL_FLOW")
+"""comfyui_controlnet_aux's flow: float ``(N, H, W, 2)`` in pixels (its Unimatch node)."""
+
+
+class FlowToOpticalFlow(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MotionNFT_FlowToOpticalFlow",
+            display_name="Flow to OPTICAL_FLOW (MotionNFT)",
+            category=CATEGORY,
+            description="Converts a MOTIONNFT_FLOW (B, 2, H, W) to comfyui_controlnet_aux's OPTICAL_FLOW layout (B, H, W, 2), pixels.",
+            inputs=[Flow.Input("flow")],
+            outputs=[OpticalFlowAux.Output(display_name="optical_flow")],
+        )
+
+    @classmethod
+    def execute(cls, flow) -> io.NodeOutput:
+        return io.NodeOutput(check_flow("flow", flow).float().permute(0, 2, 3, 1).contiguous())
+
+
+class OpticalFlowToFlow(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MotionNFT_OpticalFlowToFlow",
+            display_name="OPTICAL_FLOW to Flow (MotionNFT)",
+            category=CATEGORY,
+            description="Converts comfyui_controlnet_aux's OPTICAL_FLOW (N, H, W, 2), pixels, to a MOTIONNFT_FLOW (N, 2, H, W).",
+            inputs=[OpticalFlowAux.Input("optical_flow")],
+            outputs=[Flow.Output(display_name="flow")],
+        )
+
+    @classmethod
+    def execute(cls, optical_flow) -> io.NodeOutput:
+        if not isinstance(optical_flow, torch.Tensor) or optical_flow.ndim != 4 or optical_flow.shape[-1] != 2:
+            shape = tuple(optical_flow.shape) if isinstance(optical_flow, torch.Tensor) else type(optical_flow).__name__
+            raise ValueError(f"optical_flow: expected a tensor (N, H, W, 2) in pixels, got {shape}")
+        return io.NodeOutput(optical_flow.float().permute(0, 3, 1, 2).contiguous())

@@ -188,3 +188,27 @@ def test_front_end_extension_is_served(comfyui: ComfyUIServer):
 
     with urllib.request.urlopen(comfyui.url + scripts[0], timeout=10) as response:
         assert b"MotionNFT.RewardSummary" in response.read()
+
+
+def test_controlnet_aux_layout_round_trip_keeps_the_flow(comfyui: ComfyUIServer, scene_files):
+    def colour(flow_source: list) -> dict:
+        return {"class_type": "MotionNFT_FlowToImage",
+                "inputs": {"flow": flow_source, "max_magnitude": 6.0, "arrows": False, "arrow_spacing": 24, "legend": False}}
+
+    graph = {
+        **load_image("1", scene_files["start"]),
+        **load_image("2", scene_files["goal"]),
+        "3": {"class_type": "MotionNFT_OpticalFlow",
+              "inputs": {"image_a": ["1", 0], "image_b": ["2", 0], "backend": "dis", "preset": "fast"}},
+        "4": {"class_type": "MotionNFT_FlowToOpticalFlow", "inputs": {"flow": ["3", 0]}},
+        "5": {"class_type": "MotionNFT_OpticalFlowToFlow", "inputs": {"optical_flow": ["4", 0]}},
+        "6": colour(["3", 0]),
+        "7": colour(["5", 0]),
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "direct"}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "roundtrip"}},
+    }
+    outputs = comfyui.run(graph)
+    direct = read_png(comfyui, outputs["8"]["images"][0])
+    round_trip = read_png(comfyui, outputs["9"]["images"][0])
+    np.testing.assert_array_equal(direct, round_trip)
+    assert comfyui.object_info()["MotionNFT_FlowToOpticalFlow"]["output"] == ["OPTICAL_FLOW"]
