@@ -2,6 +2,7 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .drag_nodes import DragToFlow
 from .flow_nodes import FlowToImage, FlowToOpticalFlow, OpticalFlow, OpticalFlowToFlow, WarpImageByFlow
 from .reward_nodes import MotionRewardNode
 
@@ -12,6 +13,7 @@ NODES: list[type[io.ComfyNode]] = [
     FlowToOpticalFlow,
     OpticalFlowToFlow,
     MotionRewardNode,
+    DragToFlow,
 ]
 
 

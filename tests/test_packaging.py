@@ -55,7 +55,17 @@ def test_nodes_reach_the_library_by_relative_imports_only():
 def test_pack_entry_point_serves_the_js_folder():
     text = (ROOT / "__init__.py").read_text()
     assert 'WEB_DIRECTORY = "./js"' in text and "comfy_entrypoint" in text
-    assert (ROOT / "js").is_dir()
+    assert sorted(p.name for p in (ROOT / "js").glob("*.js"))
+
+
+def test_flow_wheel_asset_matches_the_library_colour_coding():
+    from motionnft.flow import flow_legend
+    from motionnft.image import load_image
+
+    asset = load_image(ROOT / "js" / "assets" / "flow_wheel.png")[0]
+    expected = (flow_legend(asset.shape[-1]) * 255).round() / 255
+    assert asset.shape == expected.shape
+    assert (asset - expected).abs().max() < 1.5 / 255, "regenerate with: python tools/make_js_assets.py"
 
 
 def test_front_end_modules_parse():
