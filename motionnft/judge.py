@@ -288,10 +288,7 @@ def _first_token_logprobs(choice: dict) -> tuple[str, dict[str, float]] | None:
             for alt in entry.get("top_logprobs") or []:
                 if isinstance(alt, dict) and "token" in alt and alt.get("logprob") is not None:
                     alternatives[alt["token"]] = max(alternatives.get(alt["token"], -math.inf), float(alt["logprob"]))
-            token = str(entry.get("token", ""))
-            if not alternatives and entry.get("logprob") is not None:
-                alternatives = {token: float(entry["logprob"])}
-            positions.append((token, alternatives))
+            positions.append((str(entry.get("token", "")), alternatives))
     elif isinstance(logprobs.get("top_logprobs"), list):
         tokens = logprobs.get("tokens") or []
         for index, alternatives in enumerate(logprobs["top_logprobs"]):
@@ -495,7 +492,7 @@ class JudgeClient:
         """What identifies this judge's answers (for reports and resume checks)."""
         return {"url": self.base_url, "model": self.model, "top_logprobs": self.top_logprobs,
                 "image_format": self.image_format, "max_image_side": self.max_image_side,
-                "prompts": prompts_fingerprint()}
+                "request_options": self.request_options, "prompts": prompts_fingerprint()}
 
     # HTTP --------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
@@ -678,6 +675,12 @@ class JudgeClient:
                 "recent Ollama)"
             )
         token, alternatives = first
+        if not alternatives:
+            raise JudgeResponseError(
+                f"the judge server at {self.endpoint} returned the answer's log-probability but no top_logprobs "
+                f"alternatives for model {self.model!r} (it answered {text!r}): the rating needs the probabilities "
+                f"of every digit, so the server must honour top_logprobs={self.top_logprobs}"
+            )
         probabilities, mass = digit_probabilities(alternatives)
         if mass <= 0.0:
             listed = ", ".join(repr(t) for t in list(alternatives)[:8]) or "none"

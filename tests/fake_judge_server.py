@@ -40,6 +40,8 @@ class Answer:
     delay: float = 0.0
     logprobs: bool = True
     """False: answer without log-probabilities (a server that ignores the request)."""
+    alternatives: bool = True
+    """False: give the chosen token's log-probability but no top_logprobs list."""
     blank_first_token: bool = False
     """Emit a whitespace token before the rating (some chat templates do)."""
     legacy: bool = False
@@ -222,7 +224,7 @@ def _completion(body: dict, answer: Answer) -> dict:
         if answer.blank_first_token:
             entries.append({"token": " ", "logprob": -0.01, "top_logprobs": [{"token": " ", "logprob": -0.01}]})
         entries.append({"token": first_token, "logprob": alternatives[0]["logprob"] if alternatives else 0.0,
-                        "top_logprobs": alternatives})
+                        "top_logprobs": alternatives if answer.alternatives else []})
         if answer.legacy:
             logprobs = {"tokens": [e["token"] for e in entries],
                         "token_logprobs": [e["logprob"] for e in entries],

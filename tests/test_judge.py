@@ -190,6 +190,12 @@ def test_missing_log_probabilities_are_an_error_naming_the_server(server):
     assert "no log-probabilities" in message and server.url in message and "'4'" in message
 
 
+def test_a_chosen_token_without_alternatives_is_not_a_distribution(server):
+    server.default = Answer(digits={"4": 0.6, "5": 0.4}, alternatives=False)
+    with pytest.raises(JudgeResponseError, match="no top_logprobs alternatives.*top_logprobs=20"):
+        client(server).rate_training_reward(solid(0.1), solid(0.2), "jump")
+
+
 def test_an_answer_outside_0_to_5_is_an_error_with_the_answer(server):
     server.default = Answer(digits={"I": 0.7, "Sorry": 0.3})
     with pytest.raises(JudgeAnswerError) as error:
