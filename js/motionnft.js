@@ -3,6 +3,8 @@
 import { app } from "../../scripts/app.js";
 
 const REWARD_NODE = "MotionNFT_MotionReward";
+const JUDGE_NODE = "MotionNFT_JudgeEdit";
+const SUMMARY_NODES = new Set([REWARD_NODE, JUDGE_NODE]);
 
 function summaryElement() {
   const element = document.createElement("pre");
@@ -18,14 +20,14 @@ function summaryElement() {
     background: "var(--comfy-input-bg, #222)",
     borderRadius: "4px",
   });
-  element.textContent = "Run the graph to see the reward terms.";
+  element.textContent = "Run the graph to see the scores.";
   return element;
 }
 
 app.registerExtension({
   name: "MotionNFT.RewardSummary",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== REWARD_NODE) return;
+    if (!SUMMARY_NODES.has(nodeData?.name)) return;
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const result = onNodeCreated?.apply(this, arguments);

@@ -3,6 +3,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .flow_nodes import FlowToImage, FlowToOpticalFlow, OpticalFlow, OpticalFlowToFlow, WarpImageByFlow
+from .judge_nodes import JudgeEditNode
 from .reward_nodes import MotionRewardNode
 
 NODES: list[type[io.ComfyNode]] = [
@@ -12,6 +13,7 @@ NODES: list[type[io.ComfyNode]] = [
     FlowToOpticalFlow,
     OpticalFlowToFlow,
     MotionRewardNode,
+    JudgeEditNode,
 ]
 
 
