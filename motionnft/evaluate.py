@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .data import EditDataset, EditSample, _metadata_records
+from .data import EditDataset, EditSample, read_jsonl_records
 from .files import atomic_write
 from .flow.base import FlowEstimator, create_estimator
 from .image import check_image_batch, load_image, save_image
@@ -323,7 +323,7 @@ def _resume(out: Path, run: dict, restart: bool) -> dict[tuple[str, str], dict]:
             )
     records: dict[tuple[str, str], dict] = {}
     if results.exists():
-        for _, record in _metadata_records(results):
+        for _, record in read_jsonl_records(results):
             records[(record["id"], record["system"])] = record
     # Compact the log (drops superseded lines and a torn last line) before appending.
     with atomic_write(results, "w") as handle:
