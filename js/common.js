@@ -6,6 +6,7 @@ export const NODE = {
   flowToImage: "MotionNFT_FlowToImage",
   motionReward: "MotionNFT_MotionReward",
   dragToFlow: "MotionNFT_DragToFlow",
+  judgeEdit: "MotionNFT_JudgeEdit",
 };
 
 /** URL of a file the server listed in a node's ui output ({filename, subfolder, type}). */

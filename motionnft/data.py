@@ -116,7 +116,7 @@ def open_dataset(path: str | os.PathLike) -> EditDataset:
 
 def _read_folder(root: Path) -> list[EditSample]:
     samples = []
-    for number, record in _metadata_records(root / METADATA_FILE):
+    for number, record in read_jsonl_records(root / METADATA_FILE):
         missing = [key for key in REQUIRED_COLUMNS if key not in record]
         if missing:
             raise ValueError(f"{root / METADATA_FILE} line {number}: missing {', '.join(missing)}")
@@ -134,8 +134,9 @@ def _read_folder(root: Path) -> list[EditSample]:
     return samples
 
 
-def _metadata_records(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, record) of every complete line; a torn last line is ignored."""
+def read_jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of every complete line of a JSON-lines file; a torn last line
+    (an append cut short by a crash) is ignored."""
     with open(path, "rb") as handle:
         lines = handle.read().split(b"\n")
     for number, line in enumerate(lines, start=1):
@@ -240,7 +241,7 @@ class DatasetWriter:
             self._handle.close()
             raise RuntimeError(f"{self.root} is being written by another process") from None
         self._repair_torn_tail()
-        self._ids = {record["id"] for _, record in _metadata_records(metadata)}
+        self._ids = {record["id"] for _, record in read_jsonl_records(metadata)}
         return self
 
     def __exit__(self, *exc) -> None:
