@@ -14,21 +14,8 @@ NODES: list[type[io.ComfyNode]] = [
     FlowToOpticalFlow,
     OpticalFlowToFlow,
     MotionRewardNode,
-from .drag_nodes import DragToFlow
-from .flow_nodes import FlowToImage, FlowToOpticalFlow, OpticalFlow, OpticalFlowToFlow, WarpImageByFlow
-from .judge_nodes import JudgeEditNode
-from .reward_nodes import MotionRewardNode
-
-NODES: list[type[io.ComfyNode]] = [
-    OpticalFlow,
-    FlowToImage,
-    WarpImageByFlow,
-    FlowToOpticalFlow,
-    OpticalFlowToFlow,
-    MotionRewardNode,
     JudgeEditNode,
     DragToFlow,
-]
 ]
 
 

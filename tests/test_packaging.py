@@ -81,3 +81,16 @@ def test_front_end_modules_parse():
         check = subprocess.run([node, "--input-type=module", "--check"], input=script.read_text(),
                                capture_output=True, text=True)
         assert check.returncode == 0, f"{script.name}: {check.stderr}"
+
+
+def test_every_python_file_of_the_pack_compiles():
+    # The nodes only import inside ComfyUI, so a syntax error there would pass every other
+    # CI test; compile everything instead.
+    for source in [ROOT / "__init__.py", *ROOT.glob("nodes/*.py"), *ROOT.glob("motionnft/**/*.py")]:
+        compile(source.read_text(), str(source), "exec")
+
+
+def test_every_node_module_is_registered():
+    init = (ROOT / "nodes" / "__init__.py").read_text()
+    for source in (ROOT / "nodes").glob("*_nodes.py"):
+        assert f"from .{source.stem} import" in init, f"nodes/{source.name} is not imported by nodes/__init__.py"
