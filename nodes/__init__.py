@@ -3,9 +3,11 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .flow_nodes import FlowToImage, OpticalFlow, WarpImageByFlow
+from .lora_nodes import LoadMotionLoraKontext, LoadMotionLoraQwenImageEdit
 from .reward_nodes import MotionRewardNode
 
 NODES: list[type[io.ComfyNode]] = [OpticalFlow, FlowToImage, WarpImageByFlow, MotionRewardNode]
+NODES += [LoadMotionLoraKontext, LoadMotionLoraQwenImageEdit]
 
 
 class MotionNFTExtension(ComfyExtension):
