@@ -138,3 +138,57 @@ def write_peft_folder(folder: Path, pairs, rank: int, alpha: float, base_model: 
         "base_model_name_or_path": base_model, "init_lora_weights": "gaussian", **config,
     }))
     return folder
+
+
+HEAD = 128  # ComfyUI fixes 24 heads of 128 for both bases
+
+
+def flux_checkpoint_shapes(width: int = 3072, double: int = 1, single: int = 1) -> dict[str, tuple[int, ...]]:
+    """FLUX.1 [dev] / Kontext diffusion-model keys (BFL layout, as ComfyUI loads them)."""
+    h, mlp = width, 4 * width
+    shapes = {"img_in.weight": (h, 64), "txt_in.weight": (h, 4096), "final_layer.linear.weight": (64, h),
+              "final_layer.adaLN_modulation.1.weight": (2 * h, h)}
+    for name, width_in in (("time_in", 256), ("vector_in", 768), ("guidance_in", 256)):
+        shapes[f"{name}.in_layer.weight"] = (h, width_in)
+        shapes[f"{name}.out_layer.weight"] = (h, h)
+    for i in range(double):
+        for stream in ("img", "txt"):
+            block = f"double_blocks.{i}.{stream}"
+            shapes.update({f"{block}_mod.lin.weight": (6 * h, h), f"{block}_attn.qkv.weight": (3 * h, h),
+                           f"{block}_attn.norm.query_norm.scale": (HEAD,), f"{block}_attn.norm.key_norm.scale": (HEAD,),
+                           f"{block}_attn.proj.weight": (h, h), f"{block}_mlp.0.weight": (mlp, h),
+                           f"{block}_mlp.2.weight": (h, mlp)})
+    for i in range(single):
+        block = f"single_blocks.{i}"
+        shapes.update({f"{block}.linear1.weight": (3 * h + mlp, h), f"{block}.linear2.weight": (h, h + mlp),
+                       f"{block}.norm.query_norm.scale": (HEAD,), f"{block}.norm.key_norm.scale": (HEAD,),
+                       f"{block}.modulation.lin.weight": (3 * h, h)})
+    return _with_biases(shapes, skip=("norm.",))
+
+
+def qwen_checkpoint_shapes(width: int = 3072, blocks: int = 1) -> dict[str, tuple[int, ...]]:
+    """Qwen-Image diffusion-model keys (diffusers names, which ComfyUI keeps)."""
+    h, mlp = width, 4 * width
+    shapes = {"img_in.weight": (h, 64), "txt_in.weight": (h, 3584), "txt_norm.weight": (3584,),
+              "time_text_embed.timestep_embedder.linear_1.weight": (h, 256),
+              "time_text_embed.timestep_embedder.linear_2.weight": (h, h),
+              "norm_out.linear.weight": (2 * h, h), "proj_out.weight": (64, h)}
+    for i in range(blocks):
+        block = f"transformer_blocks.{i}"
+        for stream in ("img", "txt"):
+            shapes.update({f"{block}.{stream}_mod.1.weight": (6 * h, h),
+                           f"{block}.{stream}_mlp.net.0.proj.weight": (mlp, h),
+                           f"{block}.{stream}_mlp.net.2.weight": (h, mlp)})
+        for name in QWEN_ATTENTION:
+            shapes[f"{block}.{name}.weight"] = (h, h)
+        for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
+            shapes[f"{block}.attn.{name}.weight"] = (HEAD,)
+    return _with_biases(shapes, skip=("norm_q", "norm_k", "norm_added", "txt_norm"))
+
+
+def _with_biases(shapes, skip) -> dict[str, tuple[int, ...]]:
+    out = dict(shapes)
+    for key, shape in shapes.items():
+        if key.endswith(".weight") and len(shape) == 2 and not any(s in key for s in skip):
+            out[key[: -len(".weight")] + ".bias"] = (shape[0],)
+    return out
