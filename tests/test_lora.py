@@ -366,3 +366,20 @@ def test_lora_from_state_dict_rejects_two_sources_for_one_module():
     state.update(state_dict_in_layout("diffusers", extra, ALPHA))
     with pytest.raises(ValueError, match="both target transformer_blocks.0.attn.to_q"):
         lora_from_state_dict(state)
+
+
+# Command line -----------------------------------------------------------------------------
+
+def test_cli_converts_the_official_release_to_a_file_at_its_trained_scale(tmp_path, capsys):
+    from motionnft.cli import main
+
+    pairs = make_pairs(qwen_shapes(WIDTH, blocks=(0, 59)), 32, seed=8)
+    source = save(tmp_path, "adapter_model_converted.safetensors", state_dict_in_layout("diffusers", pairs, None))
+    assert main(["lora", "convert", str(source), str(tmp_path / "out.safetensors"), "--alpha", "64"]) == 0
+    assert "scale alpha/rank 2" in capsys.readouterr().out
+    assert main(["lora", "info", str(tmp_path / "out.safetensors"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["base"] == "qwen_image" and info["layout"] == "motionnft" and info["scales"] == [2.0]
+    assert_deltas(load_lora(tmp_path / "out.safetensors"), expected_deltas(pairs, 64))
+    assert main(["lora", "info", str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
