@@ -439,6 +439,9 @@ def lora_from_state_dict(
     metadata = dict(metadata or {})
     if alpha is not None:
         alpha = _check_alpha(alpha, "alpha")
+    dora = [key for key in state_dict if key.endswith((".dora_scale", ".lora_magnitude_vector", ".lora_magnitude_vector.weight"))]
+    if dora:
+        raise ValueError(f"DoRA weights ({dora[0]}) are not supported, only plain LoRA")
     raw: dict[str, _RawModule] = {}
     ignored: list[str] = []
     layouts: dict[str, int] = {}

@@ -383,3 +383,26 @@ def test_cli_converts_the_official_release_to_a_file_at_its_trained_scale(tmp_pa
     assert_deltas(load_lora(tmp_path / "out.safetensors"), expected_deltas(pairs, 64))
     assert main(["lora", "info", str(tmp_path / "missing.safetensors")]) == 2
     assert "missing.safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prefix,base,names", [
+    ("lora_transformer_", "flux", ["single_transformer_blocks.4.attn.to_q", "transformer_blocks.1.ff_context.net.0.proj"]),
+    ("lycoris_", "qwen_image", ["transformer_blocks.33.attn.add_k_proj", "transformer_blocks.2.img_mlp.net.2"]),
+])
+def test_flattened_onetrainer_and_lycoris_names(tmp_path, prefix, base, names):
+    pairs = make_pairs({name: (WIDTH, WIDTH) for name in names}, RANK, seed=9)
+    state = {}
+    for name, (down, up) in pairs.items():
+        stem = prefix + name.replace(".", "_")
+        state.update({f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up, f"{stem}.alpha": torch.tensor(ALPHA)})
+    lora = load_lora(save(tmp_path, "flat.safetensors", state))
+    assert lora.base == base
+    assert_deltas(lora, expected_deltas(pairs, ALPHA))
+
+
+def test_dora_files_are_refused_not_applied_as_plain_lora():
+    pairs = make_pairs(qwen_shapes(WIDTH, blocks=(40,)), RANK)
+    state = state_dict_in_layout("diffusers", pairs, ALPHA)
+    state["transformer.transformer_blocks.40.attn.to_q.dora_scale"] = torch.ones(1, WIDTH)
+    with pytest.raises(ValueError, match="DoRA"):
+        lora_from_state_dict(state)
