@@ -175,6 +175,9 @@ def _command_lora(args) -> int:
 
     lora = load_lora(args.path, alpha=args.alpha, base=args.base)
     if args.lora_command == "convert":
+        lora.metadata["motionnft.converted_from"] = (
+            f"{Path(args.path).name} ({lora.layout} layout, alpha source: {lora.alpha_source})"
+        )
         save_lora(args.out, lora)
         print(f"wrote {args.out}: {len(lora.modules)} modules for {lora.base}, scale alpha/rank "
               f"{', '.join(f'{s:g}' for s in lora.scales)}")

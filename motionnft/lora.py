@@ -131,6 +131,7 @@ _FLAT_BLOCK = re.compile(r"^(single_transformer_blocks|transformer_blocks|double
 PEFT_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 PEFT_CONFIG_FILE = "adapter_config.json"
 OFFICIAL_RELEASE_ALPHA = 64.0
+NO_ALPHA = "none in the file, so alpha = rank"
 OFFICIAL_RELEASE_RANK = 32
 
 
@@ -210,10 +211,10 @@ class LoraWeights:
             f"base: {self.base} ({BASES.get(self.base, 'unknown')})",
             f"layout: {self.layout}; {len(self.modules)} modules, {self.parameter_count / 1e6:.2f} M parameters",
             f"rank: {_listing(self.ranks)}; alpha: {_listing(self.alphas)}; "
-            f"scale alpha/rank: {_listing(self.scales)} (alpha from {self.alpha_source})",
+            f"scale alpha/rank: {_listing(self.scales)} (alpha source: {self.alpha_source})",
             f"targets: {', '.join(self.target_modules())}",
         ]
-        if self.alpha_source == "none in the file (alpha = rank)":
+        if self.alpha_source == NO_ALPHA:
             lines.append(
                 "note: the file stores no alpha, so it is applied at scale 1. The official MotionEdit "
                 f"release (adapter_model_converted.safetensors) was trained at alpha {OFFICIAL_RELEASE_ALPHA:g} / "
@@ -524,7 +525,7 @@ def lora_from_state_dict(
             elif default_alpha is not None:
                 value, source = float(default_alpha), default_alpha_source
             else:
-                value, source = float(down.shape[0]), "none in the file (alpha = rank)"
+                value, source = float(down.shape[0]), NO_ALPHA
         sources.add(source)
         for canonical, rows, swap in targets:
             part_up = up

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from motionnft.lora import (
+    NO_ALPHA,
     LoraModule,
     LoraWeights,
     detect_base,
@@ -205,7 +206,7 @@ def test_official_converted_release_needs_its_alpha(tmp_path):
     path = save(tmp_path, "adapter_model_converted.safetensors", state_dict_in_layout("diffusers", pairs, None))
     plain = load_lora(path)
     assert plain.layout == "diffusers" and plain.scales == [1.0]
-    assert plain.alpha_source == "none in the file (alpha = rank)"
+    assert plain.alpha_source == NO_ALPHA
     assert "alpha 64" in plain.describe()
     trained = load_lora(path, alpha=64)
     assert trained.scales == [2.0] and trained.alpha_source == "given"
@@ -380,6 +381,7 @@ def test_cli_converts_the_official_release_to_a_file_at_its_trained_scale(tmp_pa
     assert main(["lora", "info", str(tmp_path / "out.safetensors"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["base"] == "qwen_image" and info["layout"] == "motionnft" and info["scales"] == [2.0]
+    assert info["metadata"]["motionnft.converted_from"] == "adapter_model_converted.safetensors (diffusers layout, alpha source: given)"
     assert_deltas(load_lora(tmp_path / "out.safetensors"), expected_deltas(pairs, 64))
     assert main(["lora", "info", str(tmp_path / "missing.safetensors")]) == 2
     assert "missing.safetensors" in capsys.readouterr().err

@@ -179,7 +179,7 @@ def test_the_converted_official_release_applies_at_its_trained_scale_with_alpha_
     weights, outputs = read_weights(comfyui, base, our_loader(base, name, alpha=trained_alpha), keys)
     assert_patched(weights, checkpoints[base], scaled(deltas_at_scale_1, 2.0))
     info = outputs["2"]["text"][0]
-    assert "alpha from given" in info and "scale alpha/rank 2" in info
+    assert "alpha source: given" in info and "scale alpha/rank 2" in info
 
 
 def test_patches_never_leak_into_the_base_model(comfyui, checkpoints):
