@@ -127,6 +127,7 @@ def merge_costs(lora: LoraWeights, strength: float, repeats: int) -> tuple[float
 
 
 def measure(rank: int, repeats: int, comfyui_dir: Path | None) -> dict:
+    load_before = os.getloadavg()[0]
     lora = kontext_lora(rank)
     rows = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -146,7 +147,7 @@ def measure(rank: int, repeats: int, comfyui_dir: Path | None) -> dict:
         register_what = "export of the state dict handed to ComfyUI (run with --comfyui for ComfyUI's own part)"
     rows["merge"], rows["baseline"] = merge_costs(loaded, 1.0, max(1, repeats // 2))
     return {"rows": rows, "modules": len(lora.modules), "params": lora.parameter_count, "size_mb": size_mb,
-            "register_what": register_what}
+            "register_what": register_what, "load": (load_before, os.getloadavg()[0])}
 
 
 def markdown(result: dict, command: str, repeats: int, rank: int) -> str:
@@ -161,7 +162,9 @@ def markdown(result: dict, command: str, repeats: int, rank: int) -> str:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"torch {torch.__version__}. LoRA: rank {rank}, {result['modules']} modules (attention projections of "
         f"19 double + 38 single blocks, width {WIDTH}), {result['params'] / 1e6:.1f} M parameters, bf16, "
-        f"{result['size_mb']:.0f} MB file. Median of {repeats} runs after a warm-up.",
+        f"{result['size_mb']:.0f} MB file. Median of {repeats} runs after a warm-up (merge: {max(1, repeats // 2)}). "
+        f"Load average of the machine (shared with other jobs) {result['load'][0]:.1f} before and "
+        f"{result['load'][1]:.1f} after: compare the ratio, not the absolute times.",
         "",
         "| step | ms | note |",
         "|---|---:|---|",
