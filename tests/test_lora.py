@@ -408,3 +408,13 @@ def test_dora_files_are_refused_not_applied_as_plain_lora():
     state["transformer.transformer_blocks.40.attn.to_q.dora_scale"] = torch.ones(1, WIDTH)
     with pytest.raises(ValueError, match="DoRA"):
         lora_from_state_dict(state)
+
+
+def test_canonical_module_names_cover_the_full_size_models():
+    from motionnft.lora import canonical_module_names, is_canonical_module
+
+    flux, qwen = canonical_module_names("flux"), canonical_module_names("qwen_image")
+    assert len(flux) == 19 * 14 + 38 * 6 + 10 and len(qwen) == 60 * 14 + 6
+    assert all(is_canonical_module("flux", n) for n in flux) and all(is_canonical_module("qwen_image", n) for n in qwen)
+    assert "single_transformer_blocks.37.attn.to_v" in flux and "transformer_blocks.59.txt_mlp.net.2" in qwen
+    assert not is_canonical_module("qwen_image", "single_transformer_blocks.0.attn.to_q")
