@@ -6,7 +6,7 @@ const REWARD_NODE = "MotionNFT_MotionReward";
 const JUDGE_NODE = "MotionNFT_JudgeEdit";
 const SUMMARY_NODES = new Set([REWARD_NODE, JUDGE_NODE]);
 
-function summaryElement() {
+function summaryElement(placeholder = "Run the graph to see the reward terms.") {
   const element = document.createElement("pre");
   element.className = "motionnft-summary";
   Object.assign(element.style, {
@@ -20,7 +20,7 @@ function summaryElement() {
     background: "var(--comfy-input-bg, #222)",
     borderRadius: "4px",
   });
-  element.textContent = "Run the graph to see the scores.";
+  element.textContent = placeholder;
   return element;
 }
 
@@ -32,6 +32,31 @@ app.registerExtension({
     nodeType.prototype.onNodeCreated = function () {
       const result = onNodeCreated?.apply(this, arguments);
       this.motionnftSummary = this.addDOMWidget("motionnft_summary", "motionnft_summary", summaryElement(), {
+        serialize: false,
+      });
+      return result;
+    };
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (message) {
+      onExecuted?.apply(this, arguments);
+      const text = Array.isArray(message?.text) ? message.text.join("\n") : "";
+      if (this.motionnftSummary && text) this.motionnftSummary.element.textContent = text;
+    };
+  },
+});
+
+// The LoRA loaders show what they matched, the scale and the file's metadata on the node.
+const LORA_NODES = new Set(["MotionNFT_LoadLoraKontext", "MotionNFT_LoadLoraQwenImageEdit"]);
+
+app.registerExtension({
+  name: "MotionNFT.LoraSummary",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!LORA_NODES.has(nodeData?.name)) return;
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const result = onNodeCreated?.apply(this, arguments);
+      const element = summaryElement("Run the graph to see the matched modules, the scale and the metadata.");
+      this.motionnftSummary = this.addDOMWidget("motionnft_lora_info", "motionnft_summary", element, {
         serialize: false,
       });
       return result;

@@ -4,6 +4,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .flow_nodes import FlowToImage, FlowToOpticalFlow, OpticalFlow, OpticalFlowToFlow, WarpImageByFlow
 from .judge_nodes import JudgeEditNode
+from .lora_nodes import LoadMotionLoraKontext, LoadMotionLoraQwenImageEdit
 from .reward_nodes import MotionRewardNode
 
 NODES: list[type[io.ComfyNode]] = [
@@ -14,6 +15,8 @@ NODES: list[type[io.ComfyNode]] = [
     OpticalFlowToFlow,
     MotionRewardNode,
     JudgeEditNode,
+    LoadMotionLoraKontext,
+    LoadMotionLoraQwenImageEdit,
 ]
 
 
