@@ -287,6 +287,7 @@ def _command_judge(args) -> int:
             print(f"{name:<14}{value:6.2f} / 5")
         print(f"{'reward':<14}{reward:6.3f}   (MotionNFT MLLM reward, 0-1)")
         print(f"judge: {judge.model} at {judge.base_url}")
+    return 0
 
 
 def _command_lora(args) -> int:
