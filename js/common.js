@@ -7,6 +7,8 @@ export const NODE = {
   motionReward: "MotionNFT_MotionReward",
   dragToFlow: "MotionNFT_DragToFlow",
   judgeEdit: "MotionNFT_JudgeEdit",
+  loraKontext: "MotionNFT_LoadLoraKontext",
+  loraQwen: "MotionNFT_LoadLoraQwenImageEdit",
 };
 
 /** URL of a file the server listed in a node's ui output ({filename, subfolder, type}). */

@@ -5,6 +5,7 @@ from comfy_api.latest import ComfyExtension, io
 from .drag_nodes import DragToFlow
 from .flow_nodes import FlowToImage, FlowToOpticalFlow, OpticalFlow, OpticalFlowToFlow, WarpImageByFlow
 from .judge_nodes import JudgeEditNode
+from .lora_nodes import LoadMotionLoraKontext, LoadMotionLoraQwenImageEdit
 from .reward_nodes import MotionRewardNode
 
 NODES: list[type[io.ComfyNode]] = [
@@ -15,6 +16,8 @@ NODES: list[type[io.ComfyNode]] = [
     OpticalFlowToFlow,
     MotionRewardNode,
     JudgeEditNode,
+    LoadMotionLoraKontext,
+    LoadMotionLoraQwenImageEdit,
     DragToFlow,
 ]
 

@@ -59,7 +59,7 @@ def _free_port() -> int:
 class ComfyUIServer:
     """A ComfyUI process on loopback with this pack installed, and a small HTTP client."""
 
-    def __init__(self, comfyui_dir: Path, base_dir: Path):
+    def __init__(self, comfyui_dir: Path, base_dir: Path, extra_custom_nodes: dict[str, Path] | None = None):
         self.comfyui_dir = comfyui_dir
         self.base_dir = base_dir
         self.port = _free_port()
@@ -68,6 +68,9 @@ class ComfyUIServer:
         for name in ("custom_nodes", "input", "output", "temp", "user", "models"):
             (base_dir / name).mkdir(parents=True, exist_ok=True)
         (base_dir / "custom_nodes" / PACK_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
+        # Test-only nodes (never shipped in the pack), e.g. reading patched weights back.
+        for name, folder in (extra_custom_nodes or {}).items():
+            (base_dir / "custom_nodes" / name).symlink_to(folder, target_is_directory=True)
         self.process: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
 

@@ -186,7 +186,7 @@ def test_front_end_extension_is_served(comfyui: ComfyUIServer):
 
     listed = [path for path in comfyui.get("/extensions") if "/motionnft/" in path]
     names = {path.rsplit("/", 1)[-1] for path in listed}
-    assert {"reward_breakdown.js", "flow_legend.js", "drag_editor.js", "judge_summary.js", "common.js"} <= names
+    assert {"reward_breakdown.js", "flow_legend.js", "drag_editor.js", "summary_panels.js", "common.js"} <= names
     for path in listed:
         with urllib.request.urlopen(comfyui.url + path, timeout=10) as response:
             assert response.status == 200
