@@ -129,6 +129,180 @@ WORKFLOWS = [
 ]
 
 
+KONTEXT_FILES = (
+    "Model files (FLUX.1 Kontext [dev], as in ComfyUI's Kontext template):\n"
+    "- models/diffusion_models/flux1-dev-kontext_fp8_scaled.safetensors\n"
+    "- models/text_encoders/clip_l.safetensors and t5xxl_fp8_e4m3fn_scaled.safetensors\n"
+    "- models/vae/ae.safetensors\n"
+    "- models/loras/motionnft_kontext.safetensors: a MotionNFT LoRA for Kontext. From the official "
+    "MotionEdit release: motionnft lora convert adapter_model_converted.safetensors "
+    "motionnft_kontext.safetensors --alpha 64 (it was trained at alpha 64, rank 32; the "
+    "converted file lost the alpha and would load at half strength), or leave the file as it "
+    "is and set alpha = 64 on the loader. Files from motionnft train load as they are."
+)
+QWEN_FILES = (
+    "Model files (Qwen-Image-Edit-2509, as in ComfyUI's template):\n"
+    "- models/diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors\n"
+    "- models/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors\n"
+    "- models/vae/qwen_image_vae.safetensors\n"
+    "- models/loras/motionnft_qwen_image_edit.safetensors: a MotionNFT LoRA for Qwen-Image-Edit "
+    "(official release: motionnft lora convert adapter_model_converted.safetensors "
+    "motionnft_qwen_image_edit.safetensors --alpha 64, or alpha = 64 on the loader)."
+)
+EDIT_PROMPT = "Make the figure raise its arm and take a step to the right."
+
+
+def kontext_nodes(first_id: int = 1, x: int = 0, y: int = 0) -> list[Node]:
+    """The core Kontext edit: loaders, scaled input, reference latent, guidance, sampler."""
+    i = first_id
+    return [
+        Node(i, "UNETLoader", (x, y), {"unet_name": "flux1-dev-kontext_fp8_scaled.safetensors", "weight_dtype": "default"}),
+        Node(i + 1, "DualCLIPLoader", (x, y + 140), {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp8_e4m3fn_scaled.safetensors", "type": "flux"}),
+        Node(i + 2, "VAELoader", (x, y + 320), {"vae_name": "ae.safetensors"}),
+        Node(i + 3, "LoadImage", (x, y + 440), {"image": "motionnft_example_input.png"}, "input image"),
+        Node(i + 4, "FluxKontextImageScale", (x + 360, y + 440), {}),
+        Node(i + 5, "VAEEncode", (x + 360, y + 540), {}),
+        Node(i + 6, "CLIPTextEncode", (x + 360, y + 140), {"text": EDIT_PROMPT}, "motion instruction", size=(400, 160)),
+        Node(i + 7, "ReferenceLatent", (x + 800, y + 140), {}),
+        Node(i + 8, "FluxGuidance", (x + 800, y + 240), {"guidance": 2.5}),
+        Node(i + 9, "ConditioningZeroOut", (x + 800, y + 340), {}),
+    ]
+
+
+def kontext_links(first_id: int = 1) -> list[tuple]:
+    i = first_id
+    return [
+        (i + 1, "CLIP", i + 6, "clip"), (i + 3, "IMAGE", i + 4, "image"), (i + 4, "IMAGE", i + 5, "pixels"),
+        (i + 2, "VAE", i + 5, "vae"), (i + 6, "CONDITIONING", i + 7, "conditioning"), (i + 5, "LATENT", i + 7, "latent"),
+        (i + 7, "CONDITIONING", i + 8, "conditioning"), (i + 6, "CONDITIONING", i + 9, "conditioning"),
+    ]
+
+
+def sampler(node_id: int, pos, title: str) -> Node:
+    return Node(node_id, "KSampler", pos, {"seed": 20251212, "steps": 28, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}, title)
+
+
+def flow_view(first_id: int, pos) -> list[Node]:
+    x, y = pos
+    return [
+        Node(first_id, "MotionNFT_OpticalFlow", (x, y), {"backend": "dis", "preset": "medium"}, "flow of the edit"),
+        Node(first_id + 1, "MotionNFT_FlowToImage", (x + 360, y), {"max_magnitude": 0.0, "arrows": True, "arrow_spacing": 32, "legend": True}),
+        Node(first_id + 2, "PreviewImage", (x + 720, y), {}, "flow of the edit"),
+        Node(first_id + 3, "PreviewImage", (x + 720, y + 300), {}, "flow colour legend"),
+    ]
+
+
+def flow_view_links(first_id: int, source: tuple[int, str], edit: tuple[int, str]) -> list[tuple]:
+    i = first_id
+    return [
+        (source[0], source[1], i, "image_a"), (edit[0], edit[1], i, "image_b"),
+        (i, "flow", i + 1, "flow"), (i + 1, "image", i + 2, "images"), (i + 1, "legend", i + 3, "images"),
+    ]
+
+
+WORKFLOWS += [
+    Workflow(
+        file="kontext_motion_edit_with_lora.json",
+        note=(
+            "FLUX.1 Kontext [dev] motion edit with a MotionNFT LoRA, and the optical flow of the "
+            "edit with its colour legend.\n\nWrite what the subject should DO in the instruction "
+            "(pose, action, interaction). Load MotionNFT LoRA (FLUX.1 Kontext) applies the LoRA "
+            "through ComfyUI's patcher and shows on the node how many modules matched, the scale "
+            "alpha/rank and the file's training metadata. Optical Flow + Flow to Image show where "
+            "every pixel moved (hue = direction, paler = slower).\n\n" + KONTEXT_FILES
+        ),
+        nodes=[
+            *kontext_nodes(),
+            Node(11, "MotionNFT_LoadLoraKontext", (360, -200), {"lora_name": "motionnft_kontext.safetensors", "strength": 1.0, "alpha": 0.0}, size=(380, 260)),
+            sampler(12, (1200, 0), "sample"),
+            Node(13, "VAEDecode", (1560, 0), {}),
+            Node(14, "SaveImage", (1800, 0), {"filename_prefix": "motionnft/kontext_edit"}, size=(420, 460)),
+            *flow_view(15, (1200, 520)),
+        ],
+        links=[
+            *kontext_links(),
+            (1, "MODEL", 11, "model"), (11, "model", 12, "model"), (8, "CONDITIONING", 12, "positive"),
+            (9, "CONDITIONING", 12, "negative"), (6, "LATENT", 12, "latent_image"),
+            (12, "LATENT", 13, "samples"), (3, "VAE", 13, "vae"), (13, "IMAGE", 14, "images"),
+            *flow_view_links(15, (5, "IMAGE"), (13, "IMAGE")),
+        ],
+    ),
+    Workflow(
+        file="qwen_image_edit_motion_edit_with_lora.json",
+        note=(
+            "Qwen-Image-Edit-2509 motion edit with a MotionNFT LoRA, and the optical flow of the "
+            "edit with its colour legend.\n\nThe instruction says what the subject should DO. "
+            "Load MotionNFT LoRA (Qwen-Image-Edit) applies the LoRA through ComfyUI's patcher and "
+            "shows the matched modules, the scale and the metadata. (For the first Qwen-Image-Edit, "
+            "swap the UNET file; the LoRA must match the model it was trained on.)\n\n" + QWEN_FILES
+        ),
+        nodes=[
+            Node(1, "UNETLoader", (0, 0), {"unet_name": "qwen_image_edit_2509_fp8_e4m3fn.safetensors", "weight_dtype": "default"}),
+            Node(2, "CLIPLoader", (0, 140), {"clip_name": "qwen_2.5_vl_7b_fp8_scaled.safetensors", "type": "qwen_image"}),
+            Node(3, "VAELoader", (0, 300), {"vae_name": "qwen_image_vae.safetensors"}),
+            Node(4, "LoadImage", (0, 420), {"image": "motionnft_example_input.png"}, "input image"),
+            Node(5, "FluxKontextImageScale", (360, 420), {}),
+            Node(6, "VAEEncode", (360, 520), {}),
+            Node(7, "MotionNFT_LoadLoraQwenImageEdit", (360, -220), {"lora_name": "motionnft_qwen_image_edit.safetensors", "strength": 1.0, "alpha": 0.0}, size=(380, 260)),
+            Node(8, "ModelSamplingAuraFlow", (800, -220), {"shift": 3.0}),
+            Node(9, "CFGNorm", (800, -100), {"strength": 1.0}),
+            Node(10, "TextEncodeQwenImageEditPlus", (360, 100), {"prompt": EDIT_PROMPT}, "motion instruction", size=(400, 200)),
+            Node(11, "TextEncodeQwenImageEditPlus", (360, 320), {"prompt": ""}, "negative"),
+            Node(12, "KSampler", (1200, 0), {"seed": 20251212, "steps": 28, "cfg": 2.5, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}, "sample"),
+            Node(13, "VAEDecode", (1560, 0), {}),
+            Node(14, "SaveImage", (1800, 0), {"filename_prefix": "motionnft/qwen_edit"}, size=(420, 460)),
+            *flow_view(15, (1200, 520)),
+        ],
+        links=[
+            (4, "IMAGE", 5, "image"), (5, "IMAGE", 6, "pixels"), (3, "VAE", 6, "vae"),
+            (1, "MODEL", 7, "model"), (7, "model", 8, "model"), (8, "MODEL", 9, "model"),
+            (2, "CLIP", 10, "clip"), (3, "VAE", 10, "vae"), (5, "IMAGE", 10, "image1"),
+            (2, "CLIP", 11, "clip"), (3, "VAE", 11, "vae"), (5, "IMAGE", 11, "image1"),
+            (9, "MODEL", 12, "model"), (10, "CONDITIONING", 12, "positive"), (11, "CONDITIONING", 12, "negative"),
+            (6, "LATENT", 12, "latent_image"), (12, "LATENT", 13, "samples"), (3, "VAE", 13, "vae"),
+            (13, "IMAGE", 14, "images"),
+            *flow_view_links(15, (5, "IMAGE"), (13, "IMAGE")),
+        ],
+    ),
+    Workflow(
+        file="kontext_base_vs_lora.json",
+        note=(
+            "Base model vs. MotionNFT LoRA, side by side, each scored against a reference frame.\n\n"
+            "One FLUX.1 Kontext model samples the same instruction and seed twice: as it is, and "
+            "with the MotionNFT LoRA. The reference frame is how the motion should look (e.g. a "
+            "later frame of the video the input came from). Each edit gets a Motion Reward node "
+            "(reward, MAS, term bars and error maps on the node); the two edits are stitched side "
+            "by side (left: base, right: LoRA).\n\n" + KONTEXT_FILES
+            + "\n- ComfyUI/input/motionnft_example_target.png: the reference frame (example images: "
+            "copy workflows/images/*.png into ComfyUI/input)."
+        ),
+        nodes=[
+            *kontext_nodes(),
+            Node(11, "MotionNFT_LoadLoraKontext", (360, -200), {"lora_name": "motionnft_kontext.safetensors", "strength": 1.0, "alpha": 0.0}, size=(380, 260)),
+            sampler(12, (1200, -300), "base model"),
+            sampler(13, (1200, 300), "with MotionNFT LoRA"),
+            Node(14, "VAEDecode", (1560, -300), {}, "base edit"),
+            Node(15, "VAEDecode", (1560, 300), {}, "LoRA edit"),
+            Node(16, "ImageStitch", (1800, 0), {"direction": "right", "match_image_size": True, "spacing_width": 8, "spacing_color": "white"}),
+            Node(17, "SaveImage", (2140, 0), {"filename_prefix": "motionnft/base_vs_lora"}, size=(520, 320)),
+            Node(18, "LoadImage", (0, 800), {"image": "motionnft_example_target.png"}, "reference frame (how it should look)"),
+            Node(19, "MotionNFT_MotionReward", (1800, 400), {"backend": "dis", "preset": "medium", "variant": "code"}, "reward: base model", size=(420, 640)),
+            Node(20, "MotionNFT_MotionReward", (2260, 400), {"backend": "dis", "preset": "medium", "variant": "code"}, "reward: with LoRA", size=(420, 640)),
+        ],
+        links=[
+            *kontext_links(),
+            (1, "MODEL", 11, "model"),
+            (1, "MODEL", 12, "model"), (8, "CONDITIONING", 12, "positive"), (9, "CONDITIONING", 12, "negative"), (6, "LATENT", 12, "latent_image"),
+            (11, "model", 13, "model"), (8, "CONDITIONING", 13, "positive"), (9, "CONDITIONING", 13, "negative"), (6, "LATENT", 13, "latent_image"),
+            (12, "LATENT", 14, "samples"), (3, "VAE", 14, "vae"), (13, "LATENT", 15, "samples"), (3, "VAE", 15, "vae"),
+            (14, "IMAGE", 16, "image1"), (15, "IMAGE", 16, "image2"), (16, "IMAGE", 17, "images"),
+            (5, "IMAGE", 19, "input_image"), (14, "IMAGE", 19, "edited_image"), (18, "IMAGE", 19, "target_image"),
+            (5, "IMAGE", 20, "input_image"), (15, "IMAGE", 20, "edited_image"), (18, "IMAGE", 20, "target_image"),
+        ],
+    ),
+]
+
+
 BUILD_SCRIPT = """
 (spec) => {
   const graph = window.app.graph;
@@ -151,7 +325,8 @@ BUILD_SCRIPT = """
   }
   for (const [from, output, to, input] of spec.links) {
     const origin = byId.get(from), target = byId.get(to);
-    const out = typeof output === "number" ? output : origin.outputs.findIndex((o) => o.name === output);
+    const byName = origin.outputs.findIndex((o) => o.name === output);
+    const out = typeof output === "number" ? output : byName >= 0 ? byName : origin.outputs.findIndex((o) => o.type === output);
     const inp = target.inputs.findIndex((i) => i.name === input);
     if (out < 0 || inp < 0) throw new Error(`cannot link ${from}.${output} -> ${to}.${input}`);
     origin.connect(out, target, inp);

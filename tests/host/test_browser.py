@@ -109,6 +109,12 @@ def test_reward_breakdown_and_flow_legend_fill_in_after_a_run(page, comfyui: Com
     show_node(page, 4)
     panel = page.locator(".motionnft-reward")
     assert panel.get_attribute("data-state") == "empty"
+    # Change the flow nodes' widgets so they run again even if another test ran this graph
+    # (ComfyUI would answer from its cache and send no new preview).
+    page.evaluate(
+        "() => window.app.graph._nodes.filter((n) => n.type === 'MotionNFT_FlowToImage')"
+        ".forEach((n) => { n.widgets.find((w) => w.name === 'arrow_spacing').value = 20; })"
+    )
     outputs = run_graph(page, comfyui)
     page.wait_for_selector('.motionnft-reward[data-state="scored"]', timeout=30_000)
     record = outputs["4"]["motionnft_reward"][0]

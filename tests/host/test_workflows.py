@@ -8,24 +8,24 @@ from pathlib import Path
 
 import pytest
 from comfyui_harness import REPO_ROOT, ComfyUIServer
-from workflow_format import load_workflow, model_files, ui_to_api
+from workflow_format import MODEL_FOLDERS, load_workflow, model_files, ui_to_api
 
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 
-# Model-file combos by loader type -> the models folder a user puts the file in.
-MODEL_FOLDERS = {
-    "UNETLoader": ["diffusion_models"],
-    "DualCLIPLoader": ["text_encoders"],
-    "CLIPLoader": ["text_encoders"],
-    "VAELoader": ["vae"],
-    "LoraLoaderModelOnly": ["loras"],
-}
-
-
 @pytest.fixture(scope="module")
 def example_inputs(comfyui: ComfyUIServer) -> None:
+    """The example images in the input folder, and empty stand-ins for every model file the
+    large-model workflows name (enough for the server to validate the file choices)."""
     for image in (REPO_ROOT / "workflows" / "images").glob("*.png"):
         shutil.copy(image, comfyui.input_dir / image.name)
+    info = comfyui.object_info()
+    for path in WORKFLOWS:
+        for loader, names in model_files(load_workflow(path), info).items():
+            for name in names:
+                target = comfyui.models_dir / MODEL_FOLDERS[loader] / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.exists():
+                    target.touch()
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
@@ -48,14 +48,7 @@ def test_workflow_runs_or_needs_only_model_files(comfyui: ComfyUIServer, example
         for node in previews:
             assert outputs.get(node, {}).get("images"), f"{path.name}: node {node} produced no image"
         return
-    # Large-model workflows: the graph must validate on the server once the named files
-    # exist; empty stand-ins are enough for validation, and loading them is expected to fail.
-    for loader, names in needs.items():
-        folders = MODEL_FOLDERS.get(loader)
-        assert folders, f"{path.name}: no known models folder for {loader}; add it to MODEL_FOLDERS"
-        for name in names:
-            target = comfyui.models_dir / folders[0] / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.touch()
+    # Large-model workflows: the server validates the graph (the stand-in files make the
+    # file choices valid), starts it, and fails where it first loads an empty stand-in.
     message = comfyui.run_expecting_error(api, timeout=600)
     assert any(loader in message for loader in needs), message

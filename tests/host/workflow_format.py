@@ -10,6 +10,16 @@ import json
 from pathlib import Path
 
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+# Loader nodes whose file combos list a models folder -> that folder.
+MODEL_FOLDERS = {
+    "UNETLoader": "diffusion_models",
+    "DualCLIPLoader": "text_encoders",
+    "CLIPLoader": "text_encoders",
+    "VAELoader": "vae",
+    "LoraLoaderModelOnly": "loras",
+    "MotionNFT_LoadLoraKontext": "loras",
+    "MotionNFT_LoadLoraQwenImageEdit": "loras",
+}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "upload")
 MUTED, BYPASSED = 2, 4
@@ -137,11 +147,11 @@ def check_widget_value(value, kind, config: dict) -> str | None:
 
 
 def model_files(workflow: dict, object_info: dict) -> dict[str, list[str]]:
-    """Model-file widget values by node type (the combos that list a models folder)."""
+    """Model files a workflow names, by loader node type (see MODEL_FOLDERS)."""
     loaders = {}
     for node in workflow["nodes"]:
         info = object_info.get(node["type"])
-        if not info or node["type"] in FRONTEND_ONLY:
+        if not info or node["type"] not in MODEL_FOLDERS:
             continue
         values = list(node.get("widgets_values") or [])
         position = 0
