@@ -183,13 +183,18 @@ def render_contact_sheet(results, panel_height: int = 144, title: str | None = N
     Args:
         results: :class:`motionnft.mining.PairResult` objects mined with ``previews=True``.
         panel_height: height of each picture in pixels.
-        title: a line above the rows (default: counts of kept and rejected pairs).
+        title: a line above the rows (default: counts of kept and rejected pairs); with no
+            results, the sheet is this line alone.
     Returns:
         ``(3, H, W)`` float32 in [0, 1].
     """
     results = list(results)
     if not results:
-        raise ValueError("render_contact_sheet: no pairs to show")
+        if title is None:
+            raise ValueError("render_contact_sheet: no pairs to show (give a title to draw an empty sheet)")
+        sheet = Image.new("RGB", (640, 36), _BACKGROUND)
+        ImageDraw.Draw(sheet).text((8, 10), title, fill=_INK, font=label_font(13))
+        return torch.from_numpy(np.asarray(sheet, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
     reference = next((r.preview["input"] for r in results if r.preview and "input" in r.preview), None)
     aspect = reference.shape[1] / reference.shape[0] if reference is not None else 16 / 9
     panel_width = max(32, round(panel_height * aspect))

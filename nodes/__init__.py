@@ -3,9 +3,10 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .flow_nodes import FlowToImage, OpticalFlow, WarpImageByFlow
+from .mining_nodes import MinePairs
 from .reward_nodes import MotionRewardNode
 
-NODES: list[type[io.ComfyNode]] = [OpticalFlow, FlowToImage, WarpImageByFlow, MotionRewardNode]
+NODES: list[type[io.ComfyNode]] = [OpticalFlow, FlowToImage, WarpImageByFlow, MotionRewardNode, MinePairs]
 
 
 class MotionNFTExtension(ComfyExtension):
