@@ -73,10 +73,10 @@ class MiningConfig:
     # What is sampled and paired.
     window_seconds: float = _setting(3.0, "window length in seconds; its first and last frame form a pair", low=0.05)
     stride_seconds: float | None = _setting(
-        None, "seconds between window starts (default: the window length for 'endpoints', one sample for 'sliding')",
-        low=0.0, exclusive_low=True)
+        None, "seconds between window starts (default: the window length for 'endpoints', one analysed frame for "
+        "'sliding')", low=0.0, exclusive_low=True)
     pairing: str = _setting("endpoints", "'endpoints': consecutive windows as in the paper; 'sliding': a window starting "
-                            "at every sample (overlapping candidates)", choices=PAIRINGS)
+                            "at every analysed frame (overlapping candidates)", choices=PAIRINGS)
     sample_fps: float = _setting(4.0, "frames analysed per second of video (capped at the video's frame rate)",
                                  low=0.0, exclusive_low=True)
     analysis_size: int = _setting(384, "long side in pixels of the frames the filters analyse (never upscaled)", low=32)
@@ -102,13 +102,13 @@ class MiningConfig:
     max_camera_motion: float = _setting(0.012, "camera motion: mean displacement of the fitted camera model, fraction "
                                         "of the diagonal", low=0.0)
     min_background_fraction: float = _setting(
-        0.15, "stable setting: least fraction of the textured image that follows the camera (and, when that much "
-        "stands still, the camera counts as still)", low=0.0, high=1.0)
+        0.15, "stable setting: least fraction of the textured pixels in the image's border band that follow the "
+        "camera (when that much stands still, the camera counts as still)", low=0.0, high=1.0)
     moving_threshold: float = _setting(0.006, "a pixel moves when its residual (subject) motion exceeds this fraction "
                                        "of the diagonal", low=0.0)
     min_motion: float = _setting(0.02, "least mean subject motion over the moving pixels, fraction of the diagonal",
                                  low=0.0)
-    max_motion: float = _setting(0.35, "largest mean subject motion over the moving pixels, fraction of the diagonal",
+    max_motion: float = _setting(0.5, "largest mean subject motion over the moving pixels, fraction of the diagonal",
                                  low=0.0)
     min_moving_fraction: float = _setting(0.01, "least fraction of the image that moves", low=0.0, high=1.0)
     max_moving_fraction: float = _setting(0.6, "largest fraction of the image that moves", low=0.0, high=1.0)
@@ -407,51 +407,60 @@ def _homogeneous_flow(matrix: np.ndarray, height: int, width: int) -> np.ndarray
     return np.stack([points[..., 0] / w - gx, points[..., 1] / w - gy], axis=-1).astype(np.float32)
 
 
+BORDER_BAND = 0.15
+"""Width of the image's border band, as a fraction of each side, where the background is judged."""
+
+
 def _camera_fit(flow: np.ndarray, trusted: np.ndarray, model: str, tolerance_px: float, still_support: float):
     """The camera's global motion between the frames, from the flow at trusted pixels.
 
-    A still camera is checked first: when at least ``still_support`` of the trusted grid
-    points do not move (within ``tolerance_px``), part of the scene is visibly static, which
-    a moving camera cannot produce, and the camera motion is zero. Otherwise a ``model``
-    (homography, affine or similarity) is fitted with RANSAC. Checking the still hypothesis
-    first keeps a subject that fills most of the frame (a close-up) from being taken for
-    the camera.
+    The background is judged in the image's border band (the outer ``BORDER_BAND`` of each
+    side), where it usually is even when the subject fills the middle. A still camera is
+    checked first: when at least ``still_support`` of the trusted border points do not move
+    (within ``tolerance_px``), part of the scene is visibly static, which a moving camera
+    cannot produce, and the camera motion is zero. Otherwise a ``model`` (homography,
+    affine or similarity) is fitted to every trusted point with RANSAC. Together these keep a
+    close-up subject that fills most of the frame from being taken for the camera.
 
     Returns:
         ``(camera flow (h, w, 2) in pixels, support)``: support is the fraction of the
-        trusted grid points that follow the camera motion (0 when nothing can be fitted).
+        trusted border points that follow the camera motion (0 when nothing can be fitted).
     """
     height, width = flow.shape[:2]
     zero = np.zeros_like(flow)
     step = max(2, round(max(height, width) / 64))
     ys, xs = np.mgrid[step // 2 : height : step, step // 2 : width : step]
     keep = trusted[ys, xs]
-    total = int(keep.sum())
-    if total < 12:
+    if int(keep.sum()) < 12:
         return zero, 0.0
+    band_y, band_x = BORDER_BAND * height, BORDER_BAND * width
+    border = ((ys < band_y) | (ys >= height - band_y) | (xs < band_x) | (xs >= width - band_x))[keep]
+    if border.sum() < 12:  # flat borders (letterbox bars, sky): judge on every trusted point
+        border = np.ones_like(border)
     src = np.stack([xs[keep], ys[keep]], axis=1).astype(np.float32)
     motion = flow[ys[keep], xs[keep]]
-    still = float((np.linalg.norm(motion, axis=1) <= tolerance_px).mean())
+    still = float((np.linalg.norm(motion[border], axis=1) <= tolerance_px).mean())
     if still >= still_support:
         return zero, still
     dst = src + motion
     if model == "homography":
-        matrix, inliers = cv2.findHomography(src, dst, cv2.RANSAC, tolerance_px, maxIters=2000, confidence=0.995)
+        matrix, _ = cv2.findHomography(src, dst, cv2.RANSAC, tolerance_px, maxIters=2000, confidence=0.995)
     elif model == "affine":
-        matrix, inliers = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=tolerance_px,
-                                               maxIters=2000, confidence=0.995)
+        matrix, _ = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=tolerance_px,
+                                         maxIters=2000, confidence=0.995)
     else:
-        matrix, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
-                                                      ransacReprojThreshold=tolerance_px, maxIters=2000,
-                                                      confidence=0.995)
-    if matrix is None or inliers is None:
+        matrix, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=tolerance_px,
+                                                maxIters=2000, confidence=0.995)
+    if matrix is None:
         return zero, still
     if matrix.shape == (2, 3):
         matrix = np.vstack([matrix, [0.0, 0.0, 1.0]])
-    support = float(inliers.sum()) / total
+    camera = _homogeneous_flow(matrix, height, width)
+    follows = np.linalg.norm(motion - camera[ys[keep], xs[keep]], axis=1) <= tolerance_px
+    support = float(follows[border].mean())
     if support <= still:
         return zero, still
-    return _homogeneous_flow(matrix, height, width), support
+    return camera, support
 
 
 @dataclass

@@ -376,3 +376,15 @@ def test_contact_sheet_shows_one_row_per_pair_with_its_verdict(clips):
     assert runs == [(40, 150, 70), (200, 50, 40), (200, 50, 40)] or runs == [(40, 150, 70), (200, 50, 40)]
     with pytest.raises(ValueError, match="no pairs"):
         render_contact_sheet([])
+
+
+def test_the_readme_documents_every_setting_with_its_default():
+    import dataclasses
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Mining training pairs from video"):]
+    for spec in dataclasses.fields(MiningConfig):
+        assert f"`{spec.name}`" in section, spec.name
+        if isinstance(spec.default, (int, float)) and not isinstance(spec.default, bool):
+            assert f"`{spec.name}` = {spec.default:g}" in section or f"`{spec.name}` {spec.default:g}" in section, spec.name
