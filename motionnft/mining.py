@@ -228,7 +228,7 @@ class MiningSource:
     """One video to mine: where it is, what identifies its content, and its frames."""
 
     name: str
-    """A readable name (the file name); also the stem of the sample ids."""
+    """A readable name (the file name), shown in results and recorded with each sample."""
     fingerprint: str
     """A content hash: sample ids stay the same when the file is renamed or moved."""
     fps: float
@@ -306,7 +306,6 @@ class _Sample:
     brightness: float
     thumbnail: np.ndarray  # (32, 32) float32 in [0, 1]
     cut_score: float  # against the previous sample; 0 for the first
-    keep_full: bool
     forward: np.ndarray | None = None  # (h, w, 2) flow previous -> this sample, pixels
     backward: np.ndarray | None = None  # (h, w, 2) flow this -> previous sample, pixels
 
@@ -661,9 +660,8 @@ class PairMiner:
         analysis = _resize(frame.rgb, size)
         gray = cv2.cvtColor(analysis, cv2.COLOR_RGB2GRAY)
         sample = _Sample(grid=grid, frame=frame, analysis=analysis, gray=gray, sharpness=_sharpness(gray),
-                         brightness=float(gray.mean()) / 255.0, thumbnail=_thumbnail(gray), cut_score=0.0,
-                         keep_full=keep_full)
-        if not keep_full:
+                         brightness=float(gray.mean()) / 255.0, thumbnail=_thumbnail(gray), cut_score=0.0)
+        if not keep_full:  # only window ends are saved: drop the full-size picture now
             sample.frame = VideoFrame(frame.index, frame.time, np.empty((0, 0, 3), np.uint8))
         if previous is not None:
             flows = self.estimator(_to_tensor([previous.analysis, analysis]), _to_tensor([analysis, previous.analysis]))
