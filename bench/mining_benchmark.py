@@ -2,9 +2,9 @@
 
     python bench/mining_benchmark.py [--seconds 20] [--repeats 3] [--long-minutes 10] [--write docs/benchmarks.md]
 
-A synthetic 1280x720 30 fps clip (the textured figure of ``motionnft.synthetic`` walking and
-raising its arm over a still background, rendered at 640x360, upscaled, with light sensor
-noise) is encoded with x264 once into ``--work``. Then, median of ``--repeats`` runs:
+A synthetic 1280x720 30 fps clip (the textured figure of ``motionnft.synthetic`` walking
+across half the frame and swinging its arm over a still background, rendered at 640x360,
+upscaled, with light sensor noise) is encoded with x264 once into ``--work``. Then, median of ``--repeats`` runs:
 
 - **baseline**: decoding every frame with PyAV, nothing else: the floor any miner pays;
 - **mining** at the default settings (3 s windows, 4 analysed frames per second at 384 px,
@@ -48,8 +48,8 @@ from motionnft.video import probe_video, tensor_to_frame, write_video  # noqa: E
 def synthesise_720p(path: Path, seconds: float) -> Path:
     if path.exists():
         return path
-    clip = MotionClip("subject", size=(360, 640), fps=30, seconds=seconds, walk=0.3 * seconds / 6,
-                      arm=150 * seconds / 6)
+    # The figure crosses half the frame over the clip (it stays in view) and swings its arm.
+    clip = MotionClip("subject", size=(360, 640), fps=30, seconds=seconds, walk=0.5, arm=40 * seconds)
     rng = np.random.default_rng(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     parser.add_argument("--write", type=Path, default=None, help="Markdown file whose mining section is replaced")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    clip = synthesise_720p(args.work / f"figure_720p_{args.seconds:g}s.mp4", args.seconds)
+    clip = synthesise_720p(args.work / f"figure_720p_{args.seconds:g}s_v2.mp4", args.seconds)
     info = probe_video(clip)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
