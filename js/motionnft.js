@@ -1,10 +1,15 @@
-// MotionNFT front-end extension: shows what the Motion Reward node computed, on the node.
-// DOM widgets only (no canvas drawing), so it works with the new node renderer too.
+// MotionNFT front-end extension: shows the summary a node computed (reward terms, mining
+// counts), on the node. DOM widgets only (no canvas drawing), so it works with the new node
+// renderer too.
 import { app } from "../../scripts/app.js";
 
-const REWARD_NODE = "MotionNFT_MotionReward";
+// Node -> the text its summary box shows before the first run.
+const SUMMARY_NODES = {
+  MotionNFT_MotionReward: "Run the graph to see the reward terms.",
+  MotionNFT_MinePairs: "Run the graph to see the pairs kept and the rejections by reason.",
+};
 
-function summaryElement() {
+function summaryElement(placeholder) {
   const element = document.createElement("pre");
   element.className = "motionnft-summary";
   Object.assign(element.style, {
@@ -18,18 +23,19 @@ function summaryElement() {
     background: "var(--comfy-input-bg, #222)",
     borderRadius: "4px",
   });
-  element.textContent = "Run the graph to see the reward terms.";
+  element.textContent = placeholder;
   return element;
 }
 
 app.registerExtension({
   name: "MotionNFT.RewardSummary",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== REWARD_NODE) return;
+    const placeholder = SUMMARY_NODES[nodeData?.name];
+    if (!placeholder) return;
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const result = onNodeCreated?.apply(this, arguments);
-      this.motionnftSummary = this.addDOMWidget("motionnft_summary", "motionnft_summary", summaryElement(), {
+      this.motionnftSummary = this.addDOMWidget("motionnft_summary", "motionnft_summary", summaryElement(placeholder), {
         serialize: false,
       });
       return result;

@@ -154,3 +154,11 @@ def test_mining_can_be_cancelled_and_leaves_a_valid_dataset(comfyui: ComfyUIServ
     assert 0 < len(written) == len(lines) < 19  # 19 windows in 60 s, cut short
     assert all(json.loads(line)["id"] for line in lines)
     assert all(sample.input_image().shape[1:] == (3, 180, 320) for sample in written)
+
+
+def test_front_end_shows_the_mining_summary_on_the_node(comfyui: ComfyUIServer):
+    import urllib.request
+
+    (script,) = [path for path in comfyui.get("/extensions") if path.endswith("/motionnft.js")]
+    with urllib.request.urlopen(comfyui.url + script, timeout=10) as response:
+        assert MINE.encode() in response.read()
