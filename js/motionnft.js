@@ -1,12 +1,16 @@
-// MotionNFT front-end extension: shows what the Motion Reward node computed, on the node.
-// DOM widgets only (no canvas drawing), so it works with the new node renderer too.
+// MotionNFT front-end extension: shows the summary a node computed (reward terms, mining
+// counts), on the node. DOM widgets only (no canvas drawing), so it works with the new node
+// renderer too.
 import { app } from "../../scripts/app.js";
 
-const REWARD_NODE = "MotionNFT_MotionReward";
-const JUDGE_NODE = "MotionNFT_JudgeEdit";
-const SUMMARY_NODES = new Set([REWARD_NODE, JUDGE_NODE]);
+// Node -> the text its summary box shows before the first run.
+const SUMMARY_NODES = {
+  MotionNFT_MotionReward: "Run the graph to see the reward terms.",
+  MotionNFT_JudgeEdit: "Run the graph to see the scores.",
+  MotionNFT_MinePairs: "Run the graph to see the pairs kept and the rejections by reason.",
+};
 
-function summaryElement(placeholder = "Run the graph to see the reward terms.") {
+function summaryElement(placeholder) {
   const element = document.createElement("pre");
   element.className = "motionnft-summary";
   Object.assign(element.style, {
@@ -27,11 +31,12 @@ function summaryElement(placeholder = "Run the graph to see the reward terms.") 
 app.registerExtension({
   name: "MotionNFT.RewardSummary",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!SUMMARY_NODES.has(nodeData?.name)) return;
+    const placeholder = SUMMARY_NODES[nodeData?.name];
+    if (!placeholder) return;
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const result = onNodeCreated?.apply(this, arguments);
-      this.motionnftSummary = this.addDOMWidget("motionnft_summary", "motionnft_summary", summaryElement(), {
+      this.motionnftSummary = this.addDOMWidget("motionnft_summary", "motionnft_summary", summaryElement(placeholder), {
         serialize: false,
       });
       return result;

@@ -5,6 +5,7 @@ from comfy_api.latest import ComfyExtension, io
 from .flow_nodes import FlowToImage, FlowToOpticalFlow, OpticalFlow, OpticalFlowToFlow, WarpImageByFlow
 from .judge_nodes import JudgeEditNode
 from .lora_nodes import LoadMotionLoraKontext, LoadMotionLoraQwenImageEdit
+from .mining_nodes import MinePairs
 from .reward_nodes import MotionRewardNode
 
 NODES: list[type[io.ComfyNode]] = [
@@ -17,6 +18,7 @@ NODES: list[type[io.ComfyNode]] = [
     JudgeEditNode,
     LoadMotionLoraKontext,
     LoadMotionLoraQwenImageEdit,
+    MinePairs,
 ]
 
 
