@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -26,12 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from motionnft.files import atomic_write  # noqa: E402
+from docs_section import write_section  # noqa: E402
 from motionnft.flow import available_backends, create_estimator, read_flo, valid_flow_mask  # noqa: E402
 from motionnft.image import load_image  # noqa: E402
 
 BASELINE = ("farneback", "default")
-SECTION = re.compile(r"<!-- flow-benchmark:start -->.*?<!-- flow-benchmark:end -->", re.S)
 
 
 def find_pairs(root: Path) -> list[tuple[str, Path, Path, Path]]:
@@ -118,10 +116,7 @@ def main(argv=None) -> int:
     table = markdown(rows, command + (f" --write {args.write}" if args.write else ""), args.repeats)
     print(table)
     if args.write:
-        text = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
-        text = SECTION.sub(lambda _: table, text) if SECTION.search(text) else text.rstrip() + "\n\n" + table + "\n"
-        with atomic_write(args.write, "w") as handle:
-            handle.write(text)
+        write_section(args.write, "flow-benchmark", table)
         print(f"wrote {args.write}")
     return 0
 

@@ -7,6 +7,7 @@ export const NODE = {
   motionReward: "MotionNFT_MotionReward",
   dragToFlow: "MotionNFT_DragToFlow",
   judgeEdit: "MotionNFT_JudgeEdit",
+  minePairs: "MotionNFT_MinePairs",
   loraKontext: "MotionNFT_LoadLoraKontext",
   loraQwen: "MotionNFT_LoadLoraQwenImageEdit",
 };

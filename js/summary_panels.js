@@ -1,10 +1,12 @@
-// Text the server sends back after a run, shown on the node: the Judge Edit scores, and
-// what a LoRA loader matched, its scale and the file's metadata.
+// Text the server sends back after a run, shown on the node: the Judge Edit scores, the
+// pairs the miner kept and its rejections by reason, and what a LoRA loader matched, its
+// scale and the file's metadata.
 import { app } from "../../scripts/app.js";
 import { NODE, PANEL_STYLE, addPanel, chain, element } from "./common.js";
 
 const PLACEHOLDERS = {
   [NODE.judgeEdit]: "Run the graph to see the scores.",
+  [NODE.minePairs]: "Run the graph to see the pairs kept and the rejections by reason.",
   [NODE.loraKontext]: "Run the graph to see the matched modules, the scale and the metadata.",
   [NODE.loraQwen]: "Run the graph to see the matched modules, the scale and the metadata.",
 };

@@ -1,4 +1,4 @@
-"""The ``motionnft`` command line: ``flow``, ``reward``, ``demo``, ``eval``, ``judge`` and ``lora``."""
+"""The ``motionnft`` command line: ``flow``, ``reward``, ``demo``, ``eval``, ``judge``, ``lora`` and ``mine``."""
 
 from __future__ import annotations
 
@@ -315,6 +315,91 @@ def _command_lora(args) -> int:
         for key in sorted(lora.metadata):
             value = " ".join(str(lora.metadata[key]).split())
             print(f"  {key}: {value[:200]}{'...' if len(value) > 200 else ''}")
+
+def _mining_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per MiningConfig setting (``--max-camera-motion`` ...), defaults from the dataclass."""
+    import dataclasses
+
+    from .mining import MiningConfig
+
+    group = parser.add_argument_group("sampling and thresholds (defaults in brackets)")
+    for spec in dataclasses.fields(MiningConfig):
+        if spec.name in ("backend", "preset"):
+            continue  # from _flow_arguments
+        flag = "--" + spec.name.replace("_", "-")
+        help_text = f"{spec.metadata['help']} [{spec.default}]"
+        if isinstance(spec.default, bool):
+            group.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif "choices" in spec.metadata:
+            group.add_argument(flag, dest=spec.name, choices=spec.metadata["choices"], default=None, help=help_text)
+        else:
+            kind = int if isinstance(spec.default, int) else float
+            group.add_argument(flag, dest=spec.name, type=kind, default=None, metavar="N", help=help_text)
+
+
+def _mining_config(args):
+    import dataclasses
+
+    from .mining import MiningConfig
+
+    overrides = {spec.name: getattr(args, spec.name) for spec in dataclasses.fields(MiningConfig)
+                 if spec.name not in ("backend", "preset") and getattr(args, spec.name) is not None}
+    return MiningConfig(backend=args.backend, preset=args.preset, **overrides)
+
+
+def _command_mine(args) -> int:
+    from tqdm import tqdm
+
+    from .image import save_image
+    from .mining import MiningSummary, mine, video_source
+    from .report import render_contact_sheet
+
+    config = _mining_config(args)
+    judge = None
+    if args.judge_url:
+        # The judge checks the paper's three criteria and drafts each kept pair's instruction.
+        judge = _make_judge(args, None if args.no_judge_cache else (args.judge_cache or args.out / "judge-cache"))
+    sources = [video_source(path) for path in args.videos]
+    summary = MiningSummary()
+    sheet_rows = args.contact_sheet_rows if args.contact_sheet else 0
+    shown_kept, shown_rejected = [], []
+    bar = tqdm(total=1, desc="mining", unit="frame", dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.set_postfix(kept=summary.kept + summary.existing, rejected=summary.rejected, refresh=False)
+        bar.refresh()
+
+    print(f"mining {len(sources)} video(s) into {args.out}/: {config.window_seconds:g} s windows, "
+          f"{config.pairing}, {config.sample_fps:g} analysed frames/s at {config.analysis_size} px, "
+          f"flow {config.backend}" + (f" {config.preset}" if config.preset else "")
+          + (f", judge {args.judge_url}" if judge else ", no judge (prompts left empty)"))
+    try:
+        for result in mine(sources, config, out=args.out, judge=judge, progress=progress, summary=summary,
+                           keep_images=False, previews=bool(sheet_rows)):
+            shown = shown_kept if result.kept else shown_rejected
+            if len(shown) < sheet_rows:
+                shown.append(result)
+            else:
+                result.preview = None
+    finally:
+        bar.close()
+    print(summary.format())
+    from .data import open_dataset
+
+    dataset = open_dataset(args.out) if (Path(args.out) / "metadata.jsonl").is_file() else None
+    print(f"dataset: {args.out}/ holds {len(dataset) if dataset else 0} pairs (metadata.jsonl, images/); "
+          f"rejections with their reasons: {args.out}/rejected.jsonl")
+    if sheet_rows:
+        rows = shown_kept + shown_rejected[: max(0, sheet_rows - len(shown_kept))]
+        order = {source.name: index for index, source in enumerate(sources)}
+        rows.sort(key=lambda r: (order.get(r.video, 0), r.time_input))
+        if rows:
+            save_image(render_contact_sheet(rows), args.contact_sheet)
+            print(f"contact sheet: {args.contact_sheet} ({len(rows)} pairs)")
+    if args.json:
+        print(json.dumps({"out": str(args.out), "config": config.as_dict(), **summary.as_dict()}, indent=2))
     return 0
 
 
@@ -400,6 +485,21 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=_command_lora)
     info.add_argument("--json", action="store_true", help="print JSON")
     convert.add_argument("out", type=Path, help="output .safetensors file")
+    mine = commands.add_parser(
+        "mine", help="mine (input, target) training pairs from videos into a dataset folder",
+        description="Cut videos into windows, score each window's first/last frame pair with automatic "
+        "filters (shot cut, camera motion, subject motion, moving area, sharpness, exposure, lighting, "
+        "occlusion, near duplicates) and append the kept pairs to a dataset folder (resumable).",
+    )
+    mine.add_argument("videos", type=Path, nargs="+", metavar="VIDEO", help="video files (mp4, mov, mkv, webm, ...)")
+    mine.add_argument("--out", type=Path, required=True, help="dataset folder (created; a rerun resumes it)")
+    mine.add_argument("--contact-sheet", type=Path, default=None, help="also write a contact sheet PNG of the pairs")
+    mine.add_argument("--contact-sheet-rows", type=int, default=48, help="most pairs on the contact sheet (kept first) [48]")
+    mine.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    _flow_arguments(mine)
+    _mining_arguments(mine)
+    _judge_arguments(mine, cache=True)
+    mine.set_defaults(handler=_command_mine)
     return parser
 
 

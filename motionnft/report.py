@@ -145,3 +145,105 @@ def _draw_bars(draw: ImageDraw.ImageDraw, record: dict, left: int, top: int, wid
         if filled > 0:
             draw.rectangle((left + label_w, y + 4, left + label_w + filled, y + step - 6), fill=color)
         draw.text((left + label_w + bar_w + 6, y + 4), f"{value:.3f}", fill=_INK, font=font)
+
+
+_KEPT = (40, 150, 70)
+_REJECTED = (200, 50, 40)
+
+
+def _fit_panel(rgb: np.ndarray | None, width: int, height: int) -> Image.Image:
+    """A uint8 ``(h, w, 3)`` picture letterboxed into ``width`` x ``height`` (grey when missing)."""
+    panel = Image.new("RGB", (width, height), (225, 225, 225))
+    if rgb is not None and rgb.size:
+        pil = Image.fromarray(np.ascontiguousarray(rgb))
+        scale = min(width / pil.width, height / pil.height)
+        size = (max(1, round(pil.width * scale)), max(1, round(pil.height * scale)))
+        panel.paste(pil.resize(size, Image.BILINEAR), ((width - size[0]) // 2, (height - size[1]) // 2))
+    return panel
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
+
+
+def render_contact_sheet(results, panel_height: int = 144, title: str | None = None) -> torch.Tensor:
+    """A contact sheet of mined pairs: one row per pair with its pictures and metrics.
+
+    Each row shows the input frame, the target frame and the subject's motion (flow with
+    the camera removed, colour-coded), then the verdict (KEPT in green, rejected in red
+    with every reason), the timestamps, the main metrics and the prompt.
+
+    Args:
+        results: :class:`motionnft.mining.PairResult` objects mined with ``previews=True``.
+        panel_height: height of each picture in pixels.
+        title: a line above the rows (default: counts of kept and rejected pairs); with no
+            results, the sheet is this line alone.
+    Returns:
+        ``(3, H, W)`` float32 in [0, 1].
+    """
+    results = list(results)
+    if not results:
+        if title is None:
+            raise ValueError("render_contact_sheet: no pairs to show (give a title to draw an empty sheet)")
+        sheet = Image.new("RGB", (640, 36), _BACKGROUND)
+        ImageDraw.Draw(sheet).text((8, 10), title, fill=_INK, font=label_font(13))
+        return torch.from_numpy(np.asarray(sheet, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    reference = next((r.preview["input"] for r in results if r.preview and "input" in r.preview), None)
+    aspect = reference.shape[1] / reference.shape[0] if reference is not None else 16 / 9
+    panel_width = max(32, round(panel_height * aspect))
+    font = label_font(13)
+    small = label_font(12)
+    text_width = 380
+    margin, row_gap, header = 8, 6, 28
+    row_height = max(panel_height, 8 * 16)
+    width = margin + 3 * (panel_width + margin) + text_width
+    height = header + len(results) * (row_height + row_gap) + margin
+    sheet = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    kept = sum(r.kept for r in results)
+    draw.text((margin, 7), title or f"{len(results)} candidate pairs: {kept} kept, {len(results) - kept} rejected"
+              "   (input | target | subject motion, camera removed)", fill=_INK, font=font)
+    for row, result in enumerate(results):
+        top = header + row * (row_height + row_gap)
+        colour = _KEPT if result.kept else _REJECTED
+        draw.rectangle((0, top, 3, top + row_height - 1), fill=colour)
+        preview = result.preview or {}
+        for column, key in enumerate(("input", "target", "motion")):
+            left = margin + column * (panel_width + margin)
+            sheet.paste(_fit_panel(preview.get(key), panel_width, panel_height), (left, top))
+        left = margin + 3 * (panel_width + margin)
+        verdict = "KEPT" if result.kept else "REJECTED"
+        if result.existing:
+            verdict += " (already in the dataset)"
+        lines = [(f"{verdict}  {result.video}  {result.time_input:.2f} s -> {result.time_target:.2f} s", colour, font)]
+        m = result.metrics
+        if m:
+            lines += [
+                (f"motion {m['motion']:.3f}  moving {100 * m['moving_fraction']:.0f}%  camera {m['camera_motion']:.3f}", _INK, small),
+                (f"occlusion {m['occlusion']:.2f}  cut {m['cut_score']:.2f}  background {m['background_fraction']:.2f}", _INK, small),
+                (f"sharpness {m['sharpness']:.0f} (ratio {m['sharpness_ratio']:.2f})  light change {m['lighting_change']:.3f}", _INK, small),
+                (f"brightness {m['brightness_input']:.2f}/{m['brightness_target']:.2f}  duplicate dist. "
+                 + ("-" if m.get("duplicate_distance") is None else f"{m['duplicate_distance']:.2f}"), _INK, small),
+            ]
+        if result.judge:
+            lines.append(("judge: " + "  ".join(f"{k} {v:.2f}" for k, v in result.judge.items()), _MUTED, small))
+        if result.reasons:
+            for text in _wrap("rejected: " + ", ".join(result.reasons), 58)[:3]:
+                lines.append((text, _REJECTED, small))
+        elif result.prompt:
+            for text in _wrap(f'prompt: "{result.prompt}"', 58)[:2]:
+                lines.append((text, _MUTED, small))
+        else:
+            lines.append(("prompt: (empty: to be written)", _MUTED, small))
+        y = top + 2
+        for text, fill, face in lines:
+            draw.text((left, y), text, fill=fill, font=face)
+            y += 16
+    return torch.from_numpy(np.asarray(sheet, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()

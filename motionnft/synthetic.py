@@ -184,3 +184,86 @@ def demo_sample(size: int = 256, seed: int = 0) -> DemoSample:
         "unchanged": draw(start),
     }
     return DemoSample(input=draw(start), target=draw(goal), edits=edits)
+
+
+CLIP_KINDS = ("subject", "pan", "cut", "still")
+
+
+@dataclass(frozen=True)
+class MotionClip:
+    """A short synthetic video with known motion, for testing and benchmarking the miner.
+
+    The figure of :func:`render_scene` acts over its textured background:
+
+    - ``subject``: the figure walks right and raises its arm; the camera is still (a clip
+      whose windows a miner should keep).
+    - ``pan``: the same action filmed by a camera panning right (the background moves).
+    - ``cut``: the same action, but the shot changes to another scene at mid-clip.
+    - ``still``: nothing moves.
+
+    Attributes:
+        walk: how far the figure walks over the clip, as a fraction of the width.
+        arm: how far its arm turns over the clip, in degrees.
+        pan: how far the camera pans per second, as a fraction of the width.
+    """
+
+    kind: str = "subject"
+    size: tuple[int, int] = (144, 192)
+    fps: float = 10.0
+    seconds: float = 6.0
+    seed: int = 0
+    walk: float = 0.3
+    arm: float = 150.0
+    pan: float = 0.06
+
+    def __post_init__(self):
+        if self.kind not in CLIP_KINDS:
+            raise ValueError(f"clip kind {self.kind!r}: expected one of {', '.join(CLIP_KINDS)}")
+
+    @property
+    def frame_count(self) -> int:
+        return int(round(self.seconds * self.fps))
+
+    def pose(self, time: float) -> FigurePose:
+        """The figure's pose at ``time`` seconds, in frame coordinates."""
+        if self.kind == "still":
+            return FigurePose(x=0.35)
+        progress = min(max(time / self.seconds, 0.0), 1.0)
+        return FigurePose(x=0.2).moved(dx=self.walk * progress, arm=self.arm * progress)
+
+    def camera_offset(self, time: float) -> int:
+        """How far the camera has panned at ``time``, in whole pixels."""
+        return int(round(self.pan * self.size[1] * time)) if self.kind == "pan" else 0
+
+    def frame(self, index: int) -> torch.Tensor:
+        """Frame ``index`` as ``(3, H, W)`` float32 in [0, 1]."""
+        height, width = self.size
+        time = index / self.fps
+        pose = self.pose(time)
+        if self.kind == "pan":
+            # Film a wider world: the figure acts at fixed world positions while the
+            # camera's window slides over it.
+            extra = self.camera_offset(self.seconds) + 1
+            world_width = width + extra
+            world_pose = replace(pose, x=pose.x * width / world_width)
+            world = render_scene(world_pose, (height, world_width), self.seed)
+            offset = self.camera_offset(time)
+            return world[:, :, offset : offset + width].contiguous()
+        seed = self.seed
+        if self.kind == "cut" and time >= self.seconds / 2:
+            seed = self.seed + 101
+        return render_scene(pose, self.size, seed)
+
+    def frames(self):
+        """Every frame in order, one at a time."""
+        for index in range(self.frame_count):
+            yield self.frame(index)
+
+    def flow(self, time_a: float, time_b: float) -> torch.Tensor:
+        """Exact flow from the frame at ``time_a`` to the one at ``time_b``: ``(2, H, W)`` pixels.
+
+        Only for clips whose camera is still (``subject``, ``still``).
+        """
+        if self.kind not in ("subject", "still"):
+            raise ValueError(f"exact flow is only available for still-camera clips, not {self.kind!r}")
+        return scene_flow(self.pose(time_a), self.pose(time_b), self.size)

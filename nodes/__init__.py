@@ -6,6 +6,7 @@ from .drag_nodes import DragToFlow
 from .flow_nodes import FlowToImage, FlowToOpticalFlow, OpticalFlow, OpticalFlowToFlow, WarpImageByFlow
 from .judge_nodes import JudgeEditNode
 from .lora_nodes import LoadMotionLoraKontext, LoadMotionLoraQwenImageEdit
+from .mining_nodes import MinePairs
 from .reward_nodes import MotionRewardNode
 
 NODES: list[type[io.ComfyNode]] = [
@@ -18,6 +19,7 @@ NODES: list[type[io.ComfyNode]] = [
     JudgeEditNode,
     LoadMotionLoraKontext,
     LoadMotionLoraQwenImageEdit,
+    MinePairs,
     DragToFlow,
 ]
 
