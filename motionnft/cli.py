@@ -315,6 +315,8 @@ def _command_lora(args) -> int:
         for key in sorted(lora.metadata):
             value = " ".join(str(lora.metadata[key]).split())
             print(f"  {key}: {value[:200]}{'...' if len(value) > 200 else ''}")
+    return 0
+
 
 def _mining_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per MiningConfig setting (``--max-camera-motion`` ...), defaults from the dataclass."""
