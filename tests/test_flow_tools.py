@@ -205,3 +205,12 @@ def test_an_interrupted_write_keeps_the_old_file(tmp_path):
             raise RuntimeError("crash mid-write")
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["f.flo"]
+
+
+def test_atomically_written_files_get_the_usual_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = write_flo(tmp_path / "f.flo", torch.ones(2, 2, 2))
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
