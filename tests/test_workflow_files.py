@@ -38,9 +38,10 @@ def test_workflow_explains_itself_in_a_note(path: Path):
     assert "Model files" in text and len(text) > 200
 
 
-def test_example_images_referenced_by_workflows_ship_with_the_pack():
+def test_example_inputs_referenced_by_workflows_ship_with_the_pack():
     shipped = {p.name for p in (ROOT / "workflows" / "images").glob("*.png")}
+    shipped |= {p.name for p in (ROOT / "workflows" / "videos").glob("*.mp4")}
     for path in WORKFLOWS:
         for node in json.loads(path.read_text())["nodes"]:
-            if node["type"] == "LoadImage":
+            if node["type"] in ("LoadImage", "LoadVideo"):
                 assert node["widgets_values"][0] in shipped, f"{path.name}: {node['widgets_values'][0]}"

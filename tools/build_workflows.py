@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT / "tests" / "host"))
 
 from motionnft.files import atomic_write  # noqa: E402
 from motionnft.image import save_image  # noqa: E402
-from motionnft.synthetic import demo_sample  # noqa: E402
+from motionnft.synthetic import MotionClip, demo_sample  # noqa: E402
+from motionnft.video import write_video  # noqa: E402
 
 WORKFLOWS_DIR = ROOT / "workflows"
 EXAMPLE_IMAGES = {
@@ -34,6 +35,7 @@ EXAMPLE_IMAGES = {
     "motionnft_example_target.png": "target",
     "motionnft_example_edit.png": "half_way",
 }
+EXAMPLE_CLIP = "motionnft_example_clip.mp4"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -303,6 +305,37 @@ WORKFLOWS += [
 ]
 
 
+WORKFLOWS.append(
+    Workflow(
+        file="mine_pairs_from_video.json",
+        note=(
+            "Mine motion-edit training pairs from a video into a dataset folder.\n\n"
+            "Mine Training Pairs cuts the video into windows (3 s by default) and keeps the first/"
+            "last frame pairs that show clear subject motion filmed by a still camera, as the "
+            "MotionEdit data was built. Every pair is checked with optical flow: shot cut, camera "
+            "motion, motion size and area, sharpness, exposure, lighting, occlusion, near "
+            "duplicates; the contact sheet shows each pair's numbers and why rejected pairs were "
+            "rejected. With a dataset name, kept pairs are appended to ComfyUI/output/<name>/ "
+            "(metadata.jsonl + images; a rerun resumes), ready for motionnft train and motionnft "
+            "eval. Prompts stay empty unless a judge server drafts them.\n\n"
+            "Model files: none (OpenCV DIS flow). Example clip: copy workflows/videos/"
+            + EXAMPLE_CLIP + " from the MotionNFT pack into ComfyUI/input, or load your own video."
+        ),
+        nodes=[
+            Node(1, "LoadVideo", (0, 0), {"file": EXAMPLE_CLIP}, size=(340, 420)),
+            Node(2, "MotionNFT_MinePairs", (380, 0), {"window_seconds": 3.0, "dataset_name": "motionnft_mined_example"}, size=(400, 900)),
+            Node(3, "PreviewImage", (820, 0), {}, "contact sheet", size=(640, 620)),
+            Node(4, "SaveImage", (820, 660), {"filename_prefix": "motionnft/mined_input"}, "kept inputs"),
+            Node(5, "SaveImage", (1160, 660), {"filename_prefix": "motionnft/mined_target"}, "kept targets"),
+        ],
+        links=[
+            (1, "VIDEO", 2, "video"), (2, "contact_sheet", 3, "images"),
+            (2, "input_images", 4, "images"), (2, "target_images", 5, "images"),
+        ],
+    )
+)
+
+
 BUILD_SCRIPT = """
 (spec) => {
   const graph = window.app.graph;
@@ -342,6 +375,8 @@ def write_example_images() -> None:
     images = {"input": sample.input, "target": sample.target, **sample.edits}
     for name, key in EXAMPLE_IMAGES.items():
         save_image(images[key], WORKFLOWS_DIR / "images" / name)
+    clip = MotionClip(kind="subject", size=(180, 320), fps=12.0, seconds=9.0, seed=2)
+    write_video(WORKFLOWS_DIR / "videos" / EXAMPLE_CLIP, clip.frames(), clip.fps, crf=23)
 
 
 def build(url: str, workflows: list[Workflow]) -> None:

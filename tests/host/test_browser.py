@@ -31,8 +31,8 @@ def page(comfyui: ComfyUIServer, tmp_path_factory):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright to run the browser tests")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)")
-    for image in (REPO_ROOT / "workflows" / "images").glob("*.png"):
-        shutil.copy(image, comfyui.input_dir / image.name)
+    for example in [*(REPO_ROOT / "workflows" / "images").glob("*.png"), *(REPO_ROOT / "workflows" / "videos").glob("*.mp4")]:
+        shutil.copy(example, comfyui.input_dir / example.name)
     # A new user would get the template browser in front of the canvas.
     request = urllib.request.Request(
         comfyui.url + "/settings/Comfy.TutorialCompleted", data=b"true", method="POST",

@@ -16,8 +16,8 @@ WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 def example_inputs(comfyui: ComfyUIServer) -> None:
     """The example images in the input folder, and empty stand-ins for every model file the
     large-model workflows name (enough for the server to validate the file choices)."""
-    for image in (REPO_ROOT / "workflows" / "images").glob("*.png"):
-        shutil.copy(image, comfyui.input_dir / image.name)
+    for example in [*(REPO_ROOT / "workflows" / "images").glob("*.png"), *(REPO_ROOT / "workflows" / "videos").glob("*.mp4")]:
+        shutil.copy(example, comfyui.input_dir / example.name)
     info = comfyui.object_info()
     for path in WORKFLOWS:
         for loader, names in model_files(load_workflow(path), info).items():
