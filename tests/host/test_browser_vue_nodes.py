@@ -10,6 +10,7 @@ from comfyui_harness import REPO_ROOT, ComfyUIServer
 from test_browser import CHROMIUM, CHROMIUM_ARGS, drag_value, open_workflow, run_graph
 
 SETTING = "Comfy.VueNodes.Enabled"
+MIN_FRONTEND = (1, 30)
 
 
 def set_setting(comfyui: ComfyUIServer, name: str, value) -> None:
@@ -39,8 +40,12 @@ def vue_page(comfyui: ComfyUIServer):
             page.goto(comfyui.url)
             page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
             enabled = page.evaluate(f"() => window.app.extensionManager?.setting?.get?.('{SETTING}')")
+            version = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || '0'")
             if not enabled:
                 pytest.skip("this front end has no Vue node renderer")
+            if tuple(int(part) for part in version.split(".")[:2]) < MIN_FRONTEND:
+                # The early, experimental renderer of these front ends shows no extension widgets at all.
+                pytest.skip(f"front end {version}: the Vue node renderer before 1.30 was an incomplete experiment")
             page.motionnft_errors = errors
             yield page
             browser.close()
