@@ -2,6 +2,7 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .drag_nodes import DragToFlow
 from .flow_nodes import FlowToImage, FlowToOpticalFlow, OpticalFlow, OpticalFlowToFlow, WarpImageByFlow
 from .judge_nodes import JudgeEditNode
 from .lora_nodes import LoadMotionLoraKontext, LoadMotionLoraQwenImageEdit
@@ -19,6 +20,7 @@ NODES: list[type[io.ComfyNode]] = [
     LoadMotionLoraKontext,
     LoadMotionLoraQwenImageEdit,
     MinePairs,
+    DragToFlow,
 ]
 
 

@@ -116,7 +116,11 @@ class FlowToImage(io.ComfyNode):
             inset = legend_image[:, :height, :width]
             picture = picture.clone()
             picture[:, :, : inset.shape[-2], width - inset.shape[-1] :] = inset
-        return io.NodeOutput(bchw_to_image(picture), bchw_to_image(legend_image.unsqueeze(0)))
+        return io.NodeOutput(
+            bchw_to_image(picture),
+            bchw_to_image(legend_image.unsqueeze(0)),
+            ui={"motionnft_flow_max": [float(limit.max())]},
+        )
 
 
 class WarpImageByFlow(io.ComfyNode):

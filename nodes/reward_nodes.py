@@ -5,11 +5,24 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io, ui
 
-from ..motionnft.flow import create_estimator
+from ..motionnft.flow import create_estimator, flow_to_color
 from ..motionnft.image import resize_image
-from ..motionnft.report import render_reward_breakdown
+from ..motionnft.report import colorize, render_reward_breakdown
 from ..motionnft.reward import VARIANTS, MASConfig, MotionReward, MotionRewardConfig, motion_reward
 from .common import CATEGORY, bchw_to_image, flow_inputs, image_to_bchw, progress_callback, resolve_preset
+
+
+def first_sample_maps(result: MotionReward) -> torch.Tensor:
+    """``(4, 3, H, W)``: the two flows on one colour scale, the magnitude and direction error maps."""
+    flows = torch.cat((result.flow_edit[:1], result.flow_target[:1])).detach().float().cpu()
+    peak = float(flows.norm(dim=1).amax().clamp_min(1e-6))
+    colours = flow_to_color(flows, peak)
+    magnitude = result.terms.magnitude_map[0]
+    magnitude = colorize(magnitude, result.config.distance_min, max(float(magnitude.max()), 0.05))
+    direction = colorize(result.terms.direction_map[0], 0.0, 1.0)
+    active = (result.terms.direction_weight[0].detach().float().cpu() > 0).float()
+    direction = direction * (0.25 + 0.75 * active) + 0.45 * (1 - active)
+    return torch.cat((colours, magnitude.unsqueeze(0), direction.unsqueeze(0)))
 
 
 def summarize(result: MotionReward) -> str:
@@ -91,7 +104,14 @@ class MotionRewardNode(io.ComfyNode):
         reward = float(result.reward.mean())
         mas = float(result.mas.score.mean())
         preview = ui.PreviewImage(breakdown, cls=cls).as_dict()
+        maps = ui.PreviewImage(bchw_to_image(first_sample_maps(result)), cls=cls).as_dict()["images"]
         return io.NodeOutput(
             reward, mas, breakdown, summary,
-            ui={**preview, "text": [summary], "motionnft_reward": result.records()},
+            ui={
+                **preview,
+                "text": [summary],
+                "motionnft_reward": result.records(),
+                # flow edit, flow ground truth, magnitude error, direction error (first sample)
+                "motionnft_maps": maps,
+            },
         )

@@ -168,28 +168,31 @@ class FakeJudgeServer:
                     fake.requests.append(request)
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                # The request stops counting as in flight before its answer is sent: a client
+                # that starts its next request on receiving this one must not overlap it.
                 try:
-                    if not self.path.rstrip("/").endswith("/v1/chat/completions"):
-                        self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}).encode())
-                        return
-                    if body.get("model") not in fake.models:
-                        message = f"The model `{body.get('model')}` does not exist."
-                        self._send(404, json.dumps({"error": {"message": message}}).encode())
-                        return
-                    answer = fake._choose(request)
-                    if answer.delay:
-                        time.sleep(answer.delay)
-                    headers = {"Retry-After": answer.retry_after} if answer.retry_after else None
-                    if answer.body is not None:
-                        self._send(answer.status, answer.body, headers)
-                    elif answer.status != 200:
-                        error = {"error": {"message": f"fake failure {answer.status}", "code": answer.status}}
-                        self._send(answer.status, json.dumps(error).encode(), headers)
-                    else:
-                        self._send(200, json.dumps(_completion(body, answer)).encode(), headers)
+                    status, payload, headers = self._answer(body, request)
                 finally:
                     with fake._lock:
                         fake.in_flight -= 1
+                self._send(status, payload, headers)
+
+            def _answer(self, body, request):
+                if not self.path.rstrip("/").endswith("/v1/chat/completions"):
+                    return 404, json.dumps({"error": {"message": f"no route {self.path}"}}).encode(), None
+                if body.get("model") not in fake.models:
+                    message = f"The model `{body.get('model')}` does not exist."
+                    return 404, json.dumps({"error": {"message": message}}).encode(), None
+                answer = fake._choose(request)
+                if answer.delay:
+                    time.sleep(answer.delay)
+                headers = {"Retry-After": answer.retry_after} if answer.retry_after else None
+                if answer.body is not None:
+                    return answer.status, answer.body, headers
+                if answer.status != 200:
+                    error = {"error": {"message": f"fake failure {answer.status}", "code": answer.status}}
+                    return answer.status, json.dumps(error).encode(), headers
+                return 200, json.dumps(_completion(body, answer)).encode(), headers
 
         return Handler
 

@@ -55,7 +55,17 @@ def test_nodes_reach_the_library_by_relative_imports_only():
 def test_pack_entry_point_serves_the_js_folder():
     text = (ROOT / "__init__.py").read_text()
     assert 'WEB_DIRECTORY = "./js"' in text and "comfy_entrypoint" in text
-    assert (ROOT / "js").is_dir()
+    assert sorted(p.name for p in (ROOT / "js").glob("*.js"))
+
+
+def test_flow_wheel_asset_matches_the_library_colour_coding():
+    from motionnft.flow import flow_legend
+    from motionnft.image import load_image
+
+    asset = load_image(ROOT / "js" / "assets" / "flow_wheel.png")[0]
+    expected = (flow_legend(asset.shape[-1]) * 255).round() / 255
+    assert asset.shape == expected.shape
+    assert (asset - expected).abs().max() < 1.5 / 255, "regenerate with: python tools/make_js_assets.py"
 
 
 def test_front_end_modules_parse():
@@ -71,3 +81,16 @@ def test_front_end_modules_parse():
         check = subprocess.run([node, "--input-type=module", "--check"], input=script.read_text(),
                                capture_output=True, text=True)
         assert check.returncode == 0, f"{script.name}: {check.stderr}"
+
+
+def test_every_python_file_of_the_pack_compiles():
+    # The nodes only import inside ComfyUI, so a syntax error there would pass every other
+    # CI test; compile everything instead.
+    for source in [ROOT / "__init__.py", *ROOT.glob("nodes/*.py"), *ROOT.glob("motionnft/**/*.py")]:
+        compile(source.read_text(), str(source), "exec")
+
+
+def test_every_node_module_is_registered():
+    init = (ROOT / "nodes" / "__init__.py").read_text()
+    for source in (ROOT / "nodes").glob("*_nodes.py"):
+        assert f"from .{source.stem} import" in init, f"nodes/{source.name} is not imported by nodes/__init__.py"

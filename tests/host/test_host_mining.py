@@ -159,6 +159,6 @@ def test_mining_can_be_cancelled_and_leaves_a_valid_dataset(comfyui: ComfyUIServ
 def test_front_end_shows_the_mining_summary_on_the_node(comfyui: ComfyUIServer):
     import urllib.request
 
-    (script,) = [path for path in comfyui.get("/extensions") if path.endswith("/motionnft.js")]
+    (script,) = [path for path in comfyui.get("/extensions") if path.endswith("/motionnft/common.js")]
     with urllib.request.urlopen(comfyui.url + script, timeout=10) as response:
-        assert MINE.encode() in response.read()
+        assert MINE.encode() in response.read()  # the summary panel registers for this node

@@ -182,12 +182,17 @@ def test_optical_flow_rejects_a_preset_the_backend_lacks(comfyui: ComfyUIServer,
 
 
 def test_front_end_extension_is_served(comfyui: ComfyUIServer):
-    scripts = [path for path in comfyui.get("/extensions") if path.endswith("/motionnft.js")]
-    assert scripts, "js/motionnft.js is not listed by /extensions"
     import urllib.request
 
-    with urllib.request.urlopen(comfyui.url + scripts[0], timeout=10) as response:
-        assert b"MotionNFT.RewardSummary" in response.read()
+    listed = [path for path in comfyui.get("/extensions") if "/motionnft/" in path]
+    names = {path.rsplit("/", 1)[-1] for path in listed}
+    assert {"reward_breakdown.js", "flow_legend.js", "drag_editor.js", "summary_panels.js", "common.js"} <= names
+    for path in listed:
+        with urllib.request.urlopen(comfyui.url + path, timeout=10) as response:
+            assert response.status == 200
+    wheel = next(p for p in listed if p.endswith("common.js")).replace("common.js", "assets/flow_wheel.png")
+    with urllib.request.urlopen(comfyui.url + wheel, timeout=10) as response:
+        assert response.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_controlnet_aux_layout_round_trip_keeps_the_flow(comfyui: ComfyUIServer, scene_files):

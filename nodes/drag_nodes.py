@@ -1,0 +1,65 @@
+"""Drag to Flow: the point-drag editor's list of drags -> a dense flow (thin-plate spline)."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io, ui
+
+from ..motionnft.drag import drags_to_flow, parse_drags
+from .common import CATEGORY, Flow, image_to_bchw
+
+DRAG_EDITOR_HELP = (
+    "Drag list from the point-drag editor on this node: click a point on the image and drag "
+    "it to where it should go; several pairs; Undo / Clear. Stored as JSON "
+    '{"size": [W, H], "drags": [[x0, y0, x1, y1], ...]}; "x0,y0 -> x1,y1; ..." also works.'
+)
+
+
+class DragToFlow(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MotionNFT_DragToFlow",
+            display_name="Drag to Flow (MotionNFT)",
+            category=CATEGORY,
+            description=(
+                "Turns point drags (source -> target) into a dense flow by thin-plate-spline "
+                "interpolation, optionally confined to a mask. Feed it to Warp Image by Flow "
+                "(forward) for a preview of the drag."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="The image the drags are drawn on; sets the flow's size."),
+                io.String.Input("drags", multiline=True, default="", tooltip=DRAG_EDITOR_HELP),
+                io.Float.Input(
+                    "smoothness", default=0.0, min=0.0, max=1e6, step=1.0,
+                    tooltip="0 = every drag is followed exactly; larger = a smoother, looser field.",
+                ),
+                io.Boolean.Input(
+                    "pin_borders", default=True,
+                    tooltip="Hold the image border still so drags bend the image locally; off = one drag slides everything.",
+                ),
+                io.Mask.Input("mask", optional=True, tooltip="Where content may move (flow is 0 outside)."),
+            ],
+            outputs=[Flow.Output(display_name="flow")],
+        )
+
+    @classmethod
+    def execute(cls, image, drags, smoothness, pin_borders, mask=None) -> io.NodeOutput:
+        picture = image_to_bchw("image", image)
+        batch, _, height, width = picture.shape
+        drag_list = parse_drags(drags)
+        if len(drag_list) == 0:
+            raise ValueError("drags: no drag pairs yet; draw at least one on the node's editor")
+        if mask is not None:
+            if mask.ndim == 2:
+                mask = mask.unsqueeze(0)
+            if tuple(mask.shape[-2:]) != (height, width):
+                mask = torch.nn.functional.interpolate(mask.unsqueeze(1).float(), size=(height, width), mode="bilinear")[:, 0]
+        flow = drags_to_flow(
+            drag_list, height, width, mask=mask, smoothness=smoothness, pinned_border_points=8 if pin_borders else 0
+        )
+        if flow.shape[0] == 1 and batch > 1:
+            flow = flow.expand(batch, -1, -1, -1).contiguous()
+        # The editor shows this image after a run when it cannot find the upstream one.
+        preview = ui.PreviewImage(image[:1], cls=cls).as_dict()
+        return io.NodeOutput(flow, ui={"motionnft_drag_image": preview["images"]})
