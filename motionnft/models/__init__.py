@@ -44,7 +44,7 @@ def build_model(kind: str, path=None, transformer_file=None, dtype: torch.dtype 
     if kind == "tiny_flux_kontext":
         from .flux_kontext import tiny_flux_kontext
 
-        model = tiny_flux_kontext(seed, tiny_size, tiny_codec, max_sequence_length=max_sequence_length or 32)
+        model = tiny_flux_kontext(seed, tiny_size, tiny_codec, max_sequence_length=max_sequence_length or 64)
         if guidance is not None:
             model.guidance = guidance
         return model

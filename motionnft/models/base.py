@@ -201,7 +201,9 @@ class EditModel(abc.ABC):
             self.device = torch.device(device)
         if dtype is not None:
             self.dtype = dtype
-        self.transformer.to(device=self.device, dtype=self.dtype)
+        self.transformer.to(device=self.device)
+        if next(self.transformer.parameters()).dtype != self.dtype:
+            self.transformer.to(dtype=self.dtype)
         self.codec.to(device=self.device)
         self._move_encoders(self.device)
         return self

@@ -150,7 +150,7 @@ TINY_FLUX_SIZES = {
 
 
 def tiny_flux_kontext(seed: int = 0, size: str = "test", codec: str = "patch",
-                      max_sequence_length: int = 32) -> FluxKontextModel:
+                      max_sequence_length: int = 64) -> FluxKontextModel:
     """A FLUX.1 Kontext with the real diffusers/transformers classes at toy sizes, random weights.
 
     Args:
