@@ -38,6 +38,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -358,7 +359,9 @@ class LoraPolicies:
                             exclude_modules=list(exclude) or None)
         transformer.requires_grad_(False)
         transformer.add_adapter(config, adapter_name="default")
-        transformer.add_adapter(config, adapter_name="old")
+        with warnings.catch_warnings():  # two adapters on one model is the point here
+            warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+            transformer.add_adapter(config, adapter_name="old")
         self.rank, self.alpha, self.targets = rank, alpha, list(targets)
         named = dict(transformer.named_parameters())
         self.policy = {n: p for n, p in named.items() if ".lora_" in n and ".default." in n}
