@@ -470,9 +470,10 @@ class TrainResult:
 
 class Trainer:
     """Build with a :class:`TrainConfig`, call :meth:`run`. ``judge``: any object with
-    ``rate_training_reward(input_image, edited_image, instruction) -> float``."""
+    ``rate_training_reward(input_image, edited_image, instruction) -> float``; ``model``:
+    an already built :class:`~motionnft.models.EditModel` instead of ``config.model``."""
 
-    def __init__(self, config: TrainConfig, judge=None, accelerator=None, show_progress: bool = True):
+    def __init__(self, config: TrainConfig, judge=None, accelerator=None, show_progress: bool = True, model=None):
         from accelerate import Accelerator
 
         self.config = config.validate()
@@ -487,7 +488,7 @@ class Trainer:
         if config.prompts_per_epoch % world:
             raise ValueError(f"train config: prompts_per_epoch {config.prompts_per_epoch} must be a multiple of "
                              f"the number of processes ({world})")
-        self._build()
+        self._build(model)
 
     # -- setup ------------------------------------------------------------------------
     def _configured_judge(self):
@@ -498,14 +499,14 @@ class Trainer:
         return JudgeClient(self.config.judge_url, self.config.judge_model,
                            api_key=os.environ.get(self.config.judge_api_key_env) or None)
 
-    def _build(self) -> None:
+    def _build(self, model=None) -> None:
         from .flow import create_estimator
         from .models import build_model
         from .reward import MotionRewardConfig
 
         config = self.config
         dtype = torch.bfloat16 if config.mixed_precision == "bf16" else torch.float32
-        self.model = build_model(config.model, path=config.model_path or None,
+        self.model = model if model is not None else build_model(config.model, path=config.model_path or None,
                                  transformer_file=config.transformer_file or None, dtype=dtype, seed=config.seed,
                                  tiny_size=config.tiny_size, tiny_codec=config.tiny_codec,
                                  guidance=None if config.guidance < 0 else config.guidance,
@@ -529,6 +530,13 @@ class Trainer:
                                            betas=(config.adam_beta1, config.adam_beta2),
                                            weight_decay=config.weight_decay)
         self.unwrapped = self.model.transformer
+        self.fsdp = self.accelerator.distributed_type.value == "FSDP"
+        if self.fsdp:
+            # FSDP shards the frozen base weights; the LoRA matrices stay whole on every
+            # rank (ignored by FSDP), so EMA, old policy and checkpoints work as on one
+            # device, and the trainer all-reduces their gradients itself.
+            lora_modules = [m for n, m in self.unwrapped.named_modules() if n.split(".")[-1] in ("lora_A", "lora_B")]
+            self.accelerator.state.fsdp_plugin.ignored_modules = lora_modules
         self.model.transformer, self.optimizer = self.accelerator.prepare(self.model.transformer, self.optimizer)
         self.data = open_training_data(config)
         self.cursor = PromptCursor([s.id for s in self.data], config.seed)
@@ -723,7 +731,13 @@ class Trainer:
             losses = self.loss_phase(part, part_global, batches)
             bar.update(batches)
             bar.close()
-            grad_norm = float(accelerator.clip_grad_norm_(self.policies.policy_tensors(), config.grad_clip))
+            if self.fsdp:
+                for param in self.policies.policy_tensors():
+                    if param.grad is not None:
+                        torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.AVG)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policies.policy_tensors(), config.grad_clip))
+            else:
+                grad_norm = float(accelerator.clip_grad_norm_(self.policies.policy_tensors(), config.grad_clip))
             with _DeferInterrupt():
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
