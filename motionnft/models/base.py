@@ -20,11 +20,29 @@ are spent on motion rather than on a random autoencoder.
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' import-time notes (e.g. image processors falling back to PIL
+    where torchvision is absent: the adapters never use those processors)."""
+    try:
+        from transformers.utils import logging
+    except ImportError:
+        yield
+        return
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:

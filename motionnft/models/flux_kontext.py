@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .base import Condition, EditModel, FluxVAECodec, LatentCodec, PatchCodec
+from .base import Condition, EditModel, FluxVAECodec, LatentCodec, PatchCodec, quiet_transformers
 
 FLUX_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
@@ -85,7 +85,8 @@ class FluxKontextModel(EditModel):
 
 
 def _text_pipeline(text_encoder, tokenizer, text_encoder_2, tokenizer_2, scheduler):
-    from diffusers import FluxKontextPipeline
+    with quiet_transformers():
+        from diffusers import FluxKontextPipeline
 
     return FluxKontextPipeline(scheduler=scheduler, vae=None, text_encoder=text_encoder, tokenizer=tokenizer,
                                text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=None)
@@ -107,7 +108,8 @@ def load_flux_kontext(path: str | os.PathLike | None, transformer_file: str | os
     Raises:
         FileNotFoundError naming every place looked at.
     """
-    from diffusers import FluxKontextPipeline, FluxTransformer2DModel
+    with quiet_transformers():
+        from diffusers import FluxKontextPipeline, FluxTransformer2DModel
 
     folder = _check_folder(path, "FLUX.1 Kontext", transformer_file)
     transformer = None
@@ -158,7 +160,8 @@ def tiny_flux_kontext(seed: int = 0, size: str = "test", codec: str = "patch",
         codec: ``"patch"`` (exact 4×4 pixel patches) or ``"vae"`` (a tiny random
             ``AutoencoderKL``, to exercise the real VAE path).
     """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    with quiet_transformers():
+        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
     from .tiny import tiny_clip_and_t5
 

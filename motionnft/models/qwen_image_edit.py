@@ -15,7 +15,7 @@ import os
 import torch
 
 from ..image import resize_image, tensor_to_pil
-from .base import Condition, EditModel, LatentCodec, PatchCodec, QwenVAECodec
+from .base import Condition, EditModel, LatentCodec, PatchCodec, QwenVAECodec, quiet_transformers
 from .flux_kontext import _check_folder
 
 # The last block's text-stream outputs are discarded by the model, so its `to_add_out`
@@ -83,7 +83,8 @@ class QwenImageEditModel(EditModel):
 
 
 def _text_pipeline(text_encoder, processor, tokenizer, scheduler, plus: bool):
-    from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
+    with quiet_transformers():
+        from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
 
     cls = QwenImageEditPlusPipeline if plus else QwenImageEditPipeline
     return cls(scheduler=scheduler, vae=None, text_encoder=text_encoder, tokenizer=tokenizer, processor=processor,
@@ -102,7 +103,8 @@ def load_qwen_image_edit(path: str | os.PathLike | None, transformer_file: str |
     """
     import json
 
-    from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline, QwenImageTransformer2DModel
+    with quiet_transformers():
+        from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline, QwenImageTransformer2DModel
 
     folder = _check_folder(path, "Qwen-Image-Edit", transformer_file)
     if plus is None:
@@ -128,7 +130,8 @@ def tiny_qwen_image_edit(seed: int = 0, plus: bool = False, codec: str = "patch"
     ``codec="vae"`` uses a tiny random ``AutoencoderKLQwenImage``; ``"patch"`` the exact
     4×4 pixel-patch codec.
     """
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    with quiet_transformers():
+        from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
 
     from .tiny import tiny_qwen_vl
 
