@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from motionnft.files import atomic_write  # noqa: E402
+from markdown_section import replace_section  # noqa: E402
 from motionnft.image import save_image  # noqa: E402
 from motionnft.models import build_model  # noqa: E402
 from motionnft.plot import render_curves  # noqa: E402
@@ -41,10 +40,8 @@ from motionnft.sampling import sample  # noqa: E402
 from motionnft.synthetic import motion_edit_dataset  # noqa: E402
 from motionnft.train import Trainer, derived_generator, load_config  # noqa: E402
 
-SECTION = re.compile(r"<!-- learning-experiment:start -->.*?<!-- learning-experiment:end -->", re.S)
 
-
-def pretrain(model, dataset, size, steps: int, batch: int, lr: float, seed: int, log_every: int = 100) -> list:
+def pretrain(model, dataset, size, steps: int, batch: int, lr: float, seed: int, log_every: int = 25) -> list:
     """Plain flow matching of the whole transformer; returns [(step, loss)]."""
     device = model.device
     conditions = [model.encode_condition(s.prompt, s.input_image(), size) for s in dataset]
@@ -180,10 +177,7 @@ def main(argv=None) -> int:
     section = markdown(numbers, command, config)
     print(section)
     if args.write:
-        text = args.write.read_text() if args.write.exists() else "# Does MotionNFT learn?\n"
-        text = SECTION.sub(lambda _: section, text) if SECTION.search(text) else text.rstrip() + "\n\n" + section + "\n"
-        with atomic_write(args.write, "w") as handle:
-            handle.write(text)
+        replace_section(args.write, "learning-experiment", section, "Does MotionNFT learn?")
         print(f"wrote {args.write}, {images / 'learning_curve.png'}, {images / 'learning_samples.png'}")
     return 0
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import resource
 import statistics
 import sys
@@ -40,12 +39,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from motionnft.files import atomic_write  # noqa: E402
+from markdown_section import replace_section  # noqa: E402
 from motionnft.models.base import Condition, FluxVAECodec, PatchCodec  # noqa: E402
 from motionnft.models.flux_kontext import FluxKontextModel, _position_ids  # noqa: E402
 from motionnft.train import Trainer, load_config  # noqa: E402
-
-SECTION = re.compile(r"<!-- train-benchmark:start -->.*?<!-- train-benchmark:end -->", re.S)
 
 SCALES = {
     # transformer (double blocks, single blocks, heads, head dim), text tokens, resolution,
@@ -310,10 +307,7 @@ def main(argv=None) -> int:
     table = markdown(results, command)
     print(table)
     if args.write:
-        text = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
-        text = SECTION.sub(lambda _: table, text) if SECTION.search(text) else text.rstrip() + "\n\n" + table + "\n"
-        with atomic_write(args.write, "w") as handle:
-            handle.write(text)
+        replace_section(args.write, "train-benchmark", table, "Benchmarks")
         print(f"wrote {args.write}")
     return 0
 
