@@ -27,6 +27,7 @@ Multi-GPU: launch with ``accelerate launch`` (DDP or FSDP; configs in
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import hashlib
@@ -662,7 +663,6 @@ class Trainer:
         accelerator = self.accelerator
         rank, world = accelerator.process_index, accelerator.num_processes
         step = self.step
-        cursor_before = self.cursor.state()
         chosen = self.cursor.take(config.prompts_per_epoch)
         local = chosen[rank::world]
         timings = {"rollout_s": 0.0, "reward_s": 0.0, "loss_s": 0.0}
@@ -720,6 +720,9 @@ class Trainer:
         splits = config.optimizer_steps_per_epoch
         per_split = math.ceil(int(all_counts.max()) / splits) if global_count else 0
         split_items = [items[s * per_split:(s + 1) * per_split] for s in range(splits)] if global_count else []
+        if len(split_items) > 1:  # a Ctrl-C between two optimiser steps of one epoch rolls back to its start
+            self._epoch_snapshot = ([p.detach().clone() for p in self.policies.policy_tensors()],
+                                    copy.deepcopy(self.optimizer.state_dict()))
         for part in split_items:
             part_counts = accelerator.gather(torch.tensor([len(part)], device=accelerator.device)).cpu() \
                 if world > 1 else torch.tensor([len(part)])
@@ -753,7 +756,7 @@ class Trainer:
             retired_now = {self.data[order[p]].id for p in range(len(order)) if bool(optimality.retire[p])}
             self.cursor.retired |= retired_now
             self._committed_cursor = self.cursor.state()
-        del cursor_before
+            self._epoch_snapshot = None
 
         gathered = {key: torch.cat([r[key] for r in reward_rows]) for key in ("motion", "motion_continuous", "mas", "judge")}
         if world > 1:
@@ -925,6 +928,7 @@ class Trainer:
         except KeyboardInterrupt:
             interrupted = True
             bar.close()
+            self._roll_back_partial_epoch()
             print(f"\ninterrupted: saving the state after step {self.step} ...", file=sys.stderr)
         finally:
             bar.close()
@@ -938,6 +942,17 @@ class Trainer:
                   f"{checkpoint_dir}; metrics {log.path}; curve {self.out / 'reward_curve.png'}")
         log.close()
         return TrainResult(self.out, self.step, lora_path, interrupted, log.rows)
+
+    def _roll_back_partial_epoch(self) -> None:
+        snapshot = getattr(self, "_epoch_snapshot", None)
+        if snapshot is None:
+            return
+        weights, optimizer_state = snapshot
+        with torch.no_grad():
+            for target, source in zip(self.policies.policy_tensors(), weights):
+                target.copy_(source)
+        self.optimizer.load_state_dict(optimizer_state)
+        self._epoch_snapshot = None
 
     def _write_curve(self, log: MetricsLog, render_curves) -> None:
         from .image import save_image

@@ -18,8 +18,7 @@ from ..image import resize_image, tensor_to_pil
 from .base import Condition, EditModel, LatentCodec, PatchCodec, QwenVAECodec, quiet_transformers
 from .flux_kontext import _check_folder
 
-# The last block's text-stream outputs are discarded by the model, so its `to_add_out`
-# never gets a gradient; target it and DDP needs find_unused_parameters.
+# The last block's text-stream outputs are discarded by the model: see lora_exclusions.
 QWEN_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 CONDITION_AREA = 384 * 384  # the Plus pipeline's vision-encoder image area
 
@@ -37,9 +36,10 @@ class QwenImageEditModel(EditModel):
         self.name = name
 
     def lora_exclusions(self) -> list[str]:
-        """Modules a LoRA must leave out: the last block's discarded text-stream output."""
+        """Modules a LoRA must leave out: the last block discards its text stream, so its
+        text queries and text output projection never receive a gradient (DDP would stall)."""
         last = self.transformer.config.num_layers - 1
-        return [f"transformer_blocks.{last}.attn.to_add_out"]
+        return [f"transformer_blocks.{last}.attn.to_add_out", f"transformer_blocks.{last}.attn.add_q_proj"]
 
     def _move_encoders(self, device):
         self.text_pipeline.text_encoder.to(device)
