@@ -598,7 +598,7 @@ class Trainer:
         return {"raw": raw, "motion": motion.reward.float(), "motion_continuous": motion.reward_continuous.float(),
                 "mas": motion.mas.score.float(), "judge": judge_scores}
 
-    def loss_phase(self, items: list[tuple], global_count: int, batches: int) -> dict:
+    def loss_phase(self, items: list[tuple], global_count: int, batches: int, bar=None) -> dict:
         """Forward/backward over (x0, t, r, condition) items in micro-batches.
 
         ``batches`` is the same on every process (padded with zero-weight batches) so that
@@ -640,13 +640,14 @@ class Trainer:
                     loss = nft_loss(v_theta, v_old, x_t, x0, t, reward, v_ref, self.nft)
                 self.accelerator.backward(loss.per_sample.sum() * weight)
             if weight > 0:
-                count = len(chunk)
                 share = world / max(global_count, 1)
                 totals["loss"] += float(loss.per_sample.detach().sum()) * share
                 totals["policy_loss"] += float(loss.policy.detach().sum()) * share
                 totals["kl"] += float(loss.kl.detach().sum()) * share
                 totals["positive"] += float(loss.positive.detach().sum()) * share
                 totals["negative"] += float(loss.negative.detach().sum()) * share
+            if bar is not None:
+                bar.update(1)
         return totals
 
     def _padding_item(self):
@@ -731,9 +732,11 @@ class Trainer:
             if part_global == 0:
                 continue
             bar = self._bar(batches, f"step {step + 1} loss")
-            losses = self.loss_phase(part, part_global, batches)
-            bar.update(batches)
+            part_losses = self.loss_phase(part, part_global, batches, bar)
             bar.close()
+            for key, value in part_losses.items():  # the epoch's mean over all its terms
+                share = value * part_global / global_count
+                losses[key] = share if math.isnan(losses[key]) else losses[key] + share
             if self.fsdp:
                 for param in self.policies.policy_tensors():
                     if param.grad is not None:
