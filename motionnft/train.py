@@ -495,7 +495,11 @@ class Trainer:
     def _configured_judge(self):
         if not self.config.judge_url:
             return None
-        from .judge import JudgeClient  # only when a judge is configured
+        try:
+            from .judge import JudgeClient  # only when a judge is configured
+        except ImportError as error:
+            raise ValueError(f"judge_url is set but the judge client (motionnft.judge) cannot be imported: {error}") \
+                from None
 
         return JudgeClient(self.config.judge_url, self.config.judge_model,
                            api_key=os.environ.get(self.config.judge_api_key_env) or None)
