@@ -58,15 +58,15 @@ def test_a_short_run_writes_a_loadable_lora_metrics_curve_and_checkpoints(tmp_pa
 
 
 def test_resuming_reproduces_an_uninterrupted_run_bitwise(tmp_path):
-    whole = train(fast_config(tmp_path, "whole", max_steps=4, kl_weight=0.01), resume=None, show_progress=False)
-    train(fast_config(tmp_path, "split", max_steps=2, kl_weight=0.01), resume=None, show_progress=False)
-    split = train(fast_config(tmp_path, "split", max_steps=4, kl_weight=0.01), resume="auto", show_progress=False)
-    assert split.step == 4
+    whole = train(fast_config(tmp_path, "whole", max_steps=3, kl_weight=0.01), resume=None, show_progress=False)
+    train(fast_config(tmp_path, "split", max_steps=1, kl_weight=0.01), resume=None, show_progress=False)
+    split = train(fast_config(tmp_path, "split", max_steps=3, kl_weight=0.01), resume="auto", show_progress=False)
+    assert split.step == 3
     a = load_file(tmp_path / "whole" / "motionnft_lora.safetensors")
     b = load_file(tmp_path / "split" / "motionnft_lora.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    state_a = torch.load(tmp_path / "whole/checkpoints/step-000004/trainer_state.pt", weights_only=False)
-    state_b = torch.load(tmp_path / "split/checkpoints/step-000004/trainer_state.pt", weights_only=False)
+    state_a = torch.load(tmp_path / "whole/checkpoints/step-000003/trainer_state.pt", weights_only=False)
+    state_b = torch.load(tmp_path / "split/checkpoints/step-000003/trainer_state.pt", weights_only=False)
     for key in ("policy", "old", "ema"):
         assert all(torch.equal(x, y) for x, y in zip(state_a[key], state_b[key])), key
     assert state_a["cursor"] == state_b["cursor"]
@@ -101,19 +101,19 @@ def test_with_a_judge_the_raw_reward_is_half_motion_half_judge(tmp_path):
 
 
 def test_ctrl_c_saves_the_last_completed_step_and_resume_continues_exactly(tmp_path):
-    whole = train(fast_config(tmp_path, "whole", max_steps=3), judge=CountingJudge(), resume=None, show_progress=False)
+    whole = train(fast_config(tmp_path, "whole", max_steps=2), judge=CountingJudge(), resume=None, show_progress=False)
     # 8 judge calls per step: the 13th falls inside step 2's rewards
-    stopped = train(fast_config(tmp_path, "cut", max_steps=3), judge=CountingJudge(interrupt_on_call=13),
+    stopped = train(fast_config(tmp_path, "cut", max_steps=2), judge=CountingJudge(interrupt_on_call=13),
                     resume=None, show_progress=False)
     assert stopped.interrupted and stopped.step == 1
     assert (tmp_path / "cut" / "checkpoints" / "latest").read_text().strip() == "step-000001"
-    resumed = train(fast_config(tmp_path, "cut", max_steps=3), judge=CountingJudge(), resume="auto",
+    resumed = train(fast_config(tmp_path, "cut", max_steps=2), judge=CountingJudge(), resume="auto",
                     show_progress=False)
-    assert resumed.step == 3
+    assert resumed.step == 2
     a = load_file(tmp_path / "whole" / "motionnft_lora.safetensors")
     b = load_file(tmp_path / "cut" / "motionnft_lora.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [int(r["step"]) for r in read_csv(tmp_path / "cut" / "metrics.csv")] == [1, 2, 3]
+    assert [int(r["step"]) for r in read_csv(tmp_path / "cut" / "metrics.csv")] == [1, 2]
 
 
 def test_a_folder_dataset_is_centre_cropped_to_the_training_size(tmp_path):
