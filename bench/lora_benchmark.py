@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench.sections import replace_section  # noqa: E402
+from docs_section import write_section  # noqa: E402
 from motionnft.lora import (  # noqa: E402
     LoraModule,
     LoraWeights,
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
     table = markdown(result, command + (f" --write {args.write}" if args.write else ""), args.repeats, args.rank)
     print(table)
     if args.write:
-        replace_section(args.write, "lora-benchmark", table)
+        write_section(args.write, "lora-benchmark", table)
         print(f"wrote {args.write}")
     return 0
 

@@ -7,6 +7,9 @@ The library runs headless (no ComfyUI imports). Submodules:
 - :mod:`motionnft.image`  image files <-> ``(B, 3, H, W)`` float tensors in [0, 1]
 - :mod:`motionnft.report` the reward-breakdown figure
 - :mod:`motionnft.synthetic` procedurally drawn motion scenes with exact ground-truth flow
+- :mod:`motionnft.models` FLUX.1 Kontext / Qwen-Image-Edit adapters on diffusers (``train`` extra)
+- :mod:`motionnft.sampling`, :mod:`motionnft.nft`, :mod:`motionnft.train` the MotionNFT trainer
+- :mod:`motionnft.lora` LoRA weights and the safetensors files ComfyUI and diffusers load
 """
 
 __version__ = "0.1.0"

@@ -121,3 +121,19 @@ def to_gray_uint8(image: torch.Tensor) -> np.ndarray:
     else:
         image = image[:, 0]
     return (image * 255.0).round().to(torch.uint8).cpu().numpy()
+
+
+def center_crop_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Centre-crop ``(B, C, H, W)`` to the aspect ratio of ``size = (H', W')``, then resize to it.
+
+    The largest centred window of the target aspect ratio is kept (nothing is padded or
+    stretched), then resized with :func:`resize_image` (plain bilinear).
+    """
+    height, width = image.shape[-2:]
+    target_h, target_w = size
+    if height * target_w > width * target_h:  # too tall: crop rows
+        crop_h, crop_w = max(1, round(width * target_h / target_w)), width
+    else:
+        crop_h, crop_w = height, max(1, round(height * target_w / target_h))
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return resize_image(image[..., top : top + crop_h, left : left + crop_w], size)

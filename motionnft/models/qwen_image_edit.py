@@ -1,0 +1,158 @@
+"""Qwen-Image-Edit (and the 2509 "Plus" release) on diffusers.
+
+As ``QwenImageEditPipeline`` / ``QwenImageEditPlusPipeline`` do: the instruction is
+encoded by Qwen2.5-VL together with the reference image's vision tokens; the reference
+is also VAE-encoded and packed after the target tokens (``img_shapes = [[target,
+reference]]``), and the prediction is sliced back to the target tokens. No guidance
+embedding, no true CFG (guidance 1.0).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from ..image import resize_image, tensor_to_pil
+from .base import Condition, EditModel, LatentCodec, PatchCodec, QwenVAECodec, quiet_transformers
+from .flux_kontext import _check_folder
+
+# The last block's text-stream outputs are discarded by the model: see lora_exclusions.
+QWEN_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+CONDITION_AREA = 384 * 384  # the Plus pipeline's vision-encoder image area
+
+
+class QwenImageEditModel(EditModel):
+    base = "qwen_image"
+    lora_target_modules = QWEN_LORA_TARGETS
+    guidance = None
+
+    def __init__(self, transformer, codec: LatentCodec, text_pipeline, scheduler_config: dict, plus: bool,
+                 name: str = "Qwen-Image-Edit"):
+        super().__init__(transformer, codec, scheduler_config)
+        self.text_pipeline = text_pipeline
+        self.plus = plus
+        self.name = name
+
+    def lora_exclusions(self) -> list[str]:
+        """Modules a LoRA must leave out: the last block discards its text stream, so its
+        text queries and text output projection never receive a gradient (DDP would stall)."""
+        last = self.transformer.config.num_layers - 1
+        return [f"transformer_blocks.{last}.attn.to_add_out", f"transformer_blocks.{last}.attn.add_q_proj"]
+
+    def _move_encoders(self, device):
+        self.text_pipeline.text_encoder.to(device)
+
+    def _condition_image(self, reference: torch.Tensor, size: tuple[int, int]):
+        if not self.plus:
+            return tensor_to_pil(resize_image(reference.float(), size))
+        height, width = reference.shape[-2:]
+        scale = math.sqrt(CONDITION_AREA / (height * width))
+        target = (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
+        return [tensor_to_pil(resize_image(reference.float(), target))]
+
+    @torch.no_grad()
+    def encode_condition(self, prompt, reference, size):
+        embeds, mask = self.text_pipeline.encode_prompt(
+            prompt=[prompt], image=self._condition_image(reference, size), device=self.device, num_images_per_prompt=1)
+        if mask is None:
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+        reference_tokens = self.encode_images(resize_image(reference.float(), size))
+        height, width = self.latent_size(size)
+        return Condition(
+            tensors={"prompt_embeds": embeds.float().cpu(), "mask": mask.cpu(), "reference": reference_tokens.cpu()},
+            shared={"img_shapes": [(1, height // 2, width // 2), (1, height // 2, width // 2)]},
+            pad=("prompt_embeds", "mask"),
+        )
+
+    def velocity(self, x, t, condition):
+        count = x.shape[1]
+        device, dtype = self.device, self.dtype
+        tensors = condition.tensors
+        out = self.transformer(
+            hidden_states=torch.cat((x.to(device, dtype), tensors["reference"].to(device, dtype)), dim=1),
+            timestep=t.to(device=device, dtype=dtype),
+            guidance=None,
+            encoder_hidden_states=tensors["prompt_embeds"].to(device, dtype),
+            encoder_hidden_states_mask=tensors["mask"].to(device),
+            img_shapes=[list(condition.shared["img_shapes"])] * x.shape[0],
+            return_dict=False,
+        )[0]
+        return out[:, :count].float()
+
+
+def _text_pipeline(text_encoder, processor, tokenizer, scheduler, plus: bool):
+    with quiet_transformers():
+        from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
+
+    cls = QwenImageEditPlusPipeline if plus else QwenImageEditPipeline
+    return cls(scheduler=scheduler, vae=None, text_encoder=text_encoder, tokenizer=tokenizer, processor=processor,
+               transformer=None)
+
+
+def load_qwen_image_edit(path: str | os.PathLike | None, transformer_file: str | os.PathLike | None = None,
+                         dtype: torch.dtype = torch.bfloat16, plus: bool | None = None) -> QwenImageEditModel:
+    """Qwen-Image-Edit / -Edit-2509 from a local diffusers folder, optionally a single-file transformer.
+
+    ``plus=None`` reads the pipeline class from ``model_index.json``
+    (``QwenImageEditPlusPipeline`` is the 2509 release).
+
+    Raises:
+        FileNotFoundError naming every place looked at.
+    """
+    import json
+
+    with quiet_transformers():
+        from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline, QwenImageTransformer2DModel
+
+    folder = _check_folder(path, "Qwen-Image-Edit", transformer_file)
+    if plus is None:
+        plus = json.loads((folder / "model_index.json").read_text()).get("_class_name") == "QwenImageEditPlusPipeline"
+    extra = {}
+    if transformer_file is not None:
+        extra["transformer"] = QwenImageTransformer2DModel.from_single_file(
+            str(transformer_file), config=str(folder / "transformer"), torch_dtype=dtype, local_files_only=True)
+    cls = QwenImageEditPlusPipeline if plus else QwenImageEditPipeline
+    pipe = cls.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True, **extra)
+    pipe.vae.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    text = _text_pipeline(pipe.text_encoder, pipe.processor, pipe.tokenizer, pipe.scheduler, plus)
+    model = QwenImageEditModel(pipe.transformer, QwenVAECodec(pipe.vae), text, dict(pipe.scheduler.config), plus,
+                               name=f"Qwen-Image-Edit{'-2509' if plus else ''} ({folder.name})")
+    model.dtype = dtype
+    return model
+
+
+def tiny_qwen_image_edit(seed: int = 0, plus: bool = False, codec: str = "patch") -> QwenImageEditModel:
+    """A Qwen-Image-Edit(-Plus) with the real classes at toy sizes and random weights.
+
+    ``codec="vae"`` uses a tiny random ``AutoencoderKLQwenImage``; ``"patch"`` the exact
+    4×4 pixel-patch codec.
+    """
+    with quiet_transformers():
+        from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+
+    from .tiny import tiny_qwen_vl
+
+    if codec == "patch":
+        latent_codec = PatchCodec(4)
+    elif codec == "vae":
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKLQwenImage(base_dim=4, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                     temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+        latent_codec = QwenVAECodec(vae.eval().requires_grad_(False))
+    else:
+        raise ValueError(f"tiny codec {codec!r}: expected 'patch' or 'vae'")
+    text_width = 16
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=latent_codec.channels * 4, out_channels=latent_codec.channels, num_layers=2,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=text_width, guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4),
+    )
+    encoder, processor = tiny_qwen_vl(seed + 2, text_width)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    text = _text_pipeline(encoder.requires_grad_(False), processor, processor.tokenizer, scheduler, plus)
+    return QwenImageEditModel(transformer, latent_codec, text, dict(scheduler.config), plus,
+                              name=f"tiny Qwen-Image-Edit{'-Plus' if plus else ''} ({codec})")
