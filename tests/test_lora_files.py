@@ -51,11 +51,11 @@ def test_saved_files_use_the_base_layout_with_alphas_and_metadata(tmp_path, base
 
 
 def test_bad_state_dicts_are_refused():
-    with pytest.raises(ValueError, match="no LoRA"):
+    with pytest.raises(ValueError, match="no PEFT LoRA keys"):
         lora_from_peft_state_dict({"w": torch.zeros(1)}, 1.0, "flux")
     state = peft_state()
     del state["transformer_blocks.0.attn.to_q.lora_B.weight"]
-    with pytest.raises(ValueError, match="without both"):
+    with pytest.raises(ValueError, match="up \(B\) weight is missing"):
         lora_from_peft_state_dict(state, 1.0, "flux")
     with pytest.raises(ValueError, match="base"):
         lora_from_peft_state_dict(peft_state(), 1.0, "sdxl")
