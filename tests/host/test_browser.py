@@ -8,6 +8,7 @@ reason when either is missing or COMFYUI_DIR is unset.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,17 +29,34 @@ WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 
 @pytest.fixture(scope="module")
 def page(comfyui: ComfyUIServer, tmp_path_factory):
+    with front_end(comfyui) as page:
+        # MOTIONNFT_SCREENSHOTS keeps the screenshots somewhere lasting (docs use them).
+        lasting = os.environ.get("MOTIONNFT_SCREENSHOTS")
+        page.screenshots = Path(lasting) if lasting else tmp_path_factory.mktemp("screenshots")
+        page.screenshots.mkdir(parents=True, exist_ok=True)
+        yield page
+
+
+def set_setting(comfyui: ComfyUIServer, name: str, value) -> None:
+    """Store a front-end setting on the server (read by every page opened afterwards)."""
+    request = urllib.request.Request(
+        f"{comfyui.url}/settings/{name}", data=json.dumps(value).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=10).read()
+
+
+@contextlib.contextmanager
+def front_end(comfyui: ComfyUIServer):
+    """ComfyUI's front end in headless Chromium, with the example inputs in place; the page
+    records errors raised by the pack's own scripts in ``page.motionnft_errors``."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright to run the browser tests")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)")
     for example in [*(REPO_ROOT / "workflows" / "images").glob("*.png"), *(REPO_ROOT / "workflows" / "videos").glob("*.mp4")]:
         shutil.copy(example, comfyui.input_dir / example.name)
     # A new user would get the template browser in front of the canvas.
-    request = urllib.request.Request(
-        comfyui.url + "/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=10).read()
+    set_setting(comfyui, "Comfy.TutorialCompleted", True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
@@ -49,12 +67,10 @@ def page(comfyui: ComfyUIServer, tmp_path_factory):
         page.goto(comfyui.url)
         page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
         page.motionnft_errors = errors
-        # MOTIONNFT_SCREENSHOTS keeps the screenshots somewhere lasting (docs use them).
-        lasting = os.environ.get("MOTIONNFT_SCREENSHOTS")
-        page.screenshots = Path(lasting) if lasting else tmp_path_factory.mktemp("screenshots")
-        page.screenshots.mkdir(parents=True, exist_ok=True)
-        yield page
-        browser.close()
+        try:
+            yield page
+        finally:
+            browser.close()
 
 
 def open_workflow(page, path: Path) -> None:

@@ -2,43 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
-
 import pytest
 from comfyui_harness import REPO_ROOT, ComfyUIServer
-from test_browser import CHROMIUM, CHROMIUM_ARGS, drag_value, open_workflow, run_graph
+from test_browser import drag_value, front_end, open_workflow, run_graph, set_setting
 
 SETTING = "Comfy.VueNodes.Enabled"
 MIN_FRONTEND = (1, 30)
 
 
-def set_setting(comfyui: ComfyUIServer, name: str, value) -> None:
-    request = urllib.request.Request(
-        f"{comfyui.url}/settings/{name}", data=json.dumps(value).encode(), method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=10).read()
-
-
 @pytest.fixture(scope="module")
 def vue_page(comfyui: ComfyUIServer):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright to run the browser tests")
-    from pathlib import Path
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    set_setting(comfyui, "Comfy.TutorialCompleted", True)
     set_setting(comfyui, SETTING, True)
     try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(f"{error}\n{error.stack}")
-                    if "/extensions/motionnft/" in (error.stack or "") else None)
-            page.goto(comfyui.url)
-            page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+        with front_end(comfyui) as page:
             enabled = page.evaluate(f"() => window.app.extensionManager?.setting?.get?.('{SETTING}')")
             version = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || '0'")
             if not enabled:
@@ -46,16 +22,12 @@ def vue_page(comfyui: ComfyUIServer):
             if tuple(int(part) for part in version.split(".")[:2]) < MIN_FRONTEND:
                 # Seen with 1.27.10: its experimental Vue renderer did not show extension DOM widgets.
                 pytest.skip(f"front end {version}: its experimental Vue node renderer does not show extension DOM widgets")
-            page.motionnft_errors = errors
             yield page
-            browser.close()
     finally:
         set_setting(comfyui, SETTING, False)
 
 
 def test_reward_panel_fills_in_under_vue_nodes(vue_page, comfyui: ComfyUIServer):
-    for example in (REPO_ROOT / "workflows" / "images").glob("*.png"):
-        (comfyui.input_dir / example.name).write_bytes(example.read_bytes())
     open_workflow(vue_page, REPO_ROOT / "workflows" / "score_an_edit.json")
     vue_page.evaluate(
         "() => window.app.graph._nodes.filter((n) => n.type === 'MotionNFT_MotionReward')"
