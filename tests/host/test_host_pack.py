@@ -217,3 +217,16 @@ def test_controlnet_aux_layout_round_trip_keeps_the_flow(comfyui: ComfyUIServer,
     round_trip = read_png(comfyui, outputs["9"]["images"][0])
     np.testing.assert_array_equal(direct, round_trip)
     assert comfyui.object_info()["MotionNFT_FlowToOpticalFlow"]["output"] == ["OPTICAL_FLOW"]
+
+
+def test_an_rgba_image_is_refused_with_the_input_named(comfyui: ComfyUIServer, scene_files):
+    graph = {
+        **load_image("1", scene_files["start"]),
+        **load_image("2", scene_files["goal"]),
+        "3": {"class_type": "JoinImageWithAlpha", "inputs": {"image": ["2", 0], "alpha": ["2", 1]}},
+        "4": {"class_type": "MotionNFT_MotionReward",
+              "inputs": {"input_image": ["1", 0], "edited_image": ["3", 0], "target_image": ["2", 0],
+                         "backend": "dis", "preset": "auto", "variant": "code"}},
+    }
+    message = comfyui.run_expecting_error(graph)
+    assert "edited_image" in message and "3 colour channels, got 4" in message
