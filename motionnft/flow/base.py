@@ -174,8 +174,19 @@ def create_estimator(
 
     path = find_weights(backend, info.weight_files, weights).resolve()
     stamp = path.stat().st_mtime_ns
-    device_key = None if device is None else str(torch.device(device))
+    device_key = None if device is None else str(check_device(device))
     return _build_learned_estimator(backend, preset, str(path), stamp, precision or "fp32", device_key)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, refusing (ValueError) a malformed name or CUDA where torch has none."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: CUDA is not available to this torch ({torch.__version__})")
+    return device
 
 
 @functools.lru_cache(maxsize=16)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import PRECISIONS, FlowEstimator, ProgressCallback
+from .base import PRECISIONS, FlowEstimator, ProgressCallback, check_device
 from .weights import load_weight_file
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class TorchFlowEstimator(FlowEstimator):
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.model = model.eval().requires_grad_(False)
         self.precision = precision
-        self.device = None if device is None else torch.device(device)
+        self.device = None if device is None else check_device(device)
         self.max_batch = max_batch
 
     @abc.abstractmethod
