@@ -262,7 +262,9 @@ class RAFT(nn.Module):
 
     ``forward(image1, image2, iterations)`` takes ``(B, 3, H, W)`` images scaled to
     [-1, 1], ``H`` and ``W`` multiples of 8 and at least 128, and returns the flow
-    ``(B, 2, H, W)`` in pixels after each of ``iterations`` updates (the last is the estimate).
+    ``(B, 2, H, W)`` in pixels after the last update, as a list of one; with
+    ``all_predictions=True`` after every update (as torchvision returns it; the upsampling of
+    the intermediate ones costs time and memory).
     """
 
     def __init__(self, config: RAFTConfig = RAFT_LARGE):
@@ -273,7 +275,9 @@ class RAFT(nn.Module):
         self.update_block = UpdateBlock(config)
         self.mask_predictor = MaskPredictor(config.hidden) if config.convex_upsampling else None
 
-    def forward(self, image1: torch.Tensor, image2: torch.Tensor, iterations: int = 12) -> list[torch.Tensor]:
+    def forward(
+        self, image1: torch.Tensor, image2: torch.Tensor, iterations: int = 12, all_predictions: bool = False
+    ) -> list[torch.Tensor]:
         batch, _, height, width = image1.shape
         if height % DOWNSAMPLE or width % DOWNSAMPLE:
             raise ValueError(f"RAFT needs sizes that are multiples of {DOWNSAMPLE}, got {height}x{width}")
@@ -287,17 +291,20 @@ class RAFT(nn.Module):
         grid = pixel_grid(height // DOWNSAMPLE, width // DOWNSAMPLE, image1.device).expand(batch, -1, -1, -1)
         coords = grid.clone()
         predictions = []
-        for _ in range(iterations):
+        for step in range(iterations):
             # As in the paper, no gradient through the lookup position of the next step.
             coords = coords.detach()
             corr = pyramid.lookup(coords)
             hidden, delta = self.update_block(hidden, context, corr, coords - grid)
             coords = coords + delta
-            if self.mask_predictor is None:
-                predictions.append(bilinear_upsample_flow(coords - grid, DOWNSAMPLE))
-            else:
-                predictions.append(convex_upsample(coords - grid, self.mask_predictor(hidden), DOWNSAMPLE))
+            if all_predictions or step == iterations - 1:
+                predictions.append(self._upsample(coords - grid, hidden))
         return predictions
+
+    def _upsample(self, flow: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        if self.mask_predictor is None:
+            return bilinear_upsample_flow(flow, DOWNSAMPLE)
+        return convex_upsample(flow, self.mask_predictor(hidden), DOWNSAMPLE)
 
 
 def raft_variant_of(state_dict: Mapping[str, torch.Tensor]) -> str | None:
