@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import PRECISIONS, FlowBackend, register_backend
-from .layers import convex_upsample, gru_step, sample_at_pixels
+from .layers import convex_upsample, gru_step
 from .learned import TorchFlowEstimator, check_state_dict_keys, state_dict_from
 from .warp import pixel_grid, warp_backward
 
@@ -286,17 +286,15 @@ class FlowPropagation(nn.Module):
         return out.reshape(batch, 2, height, width)
 
 
-def _window_offsets(radius: int, device) -> torch.Tensor:
-    """``((2r+1)², 2)`` offsets ``(dx, dy)``, y the slow index (the order the refiner was trained with)."""
-    steps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
-    dy, dx = torch.meshgrid(steps, steps, indexing="ij")
-    return torch.stack((dx, dy), dim=-1).view(-1, 2)
+def _window_offsets(radius: int) -> list[tuple[int, int]]:
+    """``(dx, dy)`` of a ``(2r+1)²`` window, y the slow index (the order the refiner was trained with)."""
+    steps = range(-radius, radius + 1)
+    return [(dx, dy) for dy in steps for dx in steps]
 
 
-def _window_features(features1: torch.Tensor, centres: torch.Tensor, radius: int) -> torch.Tensor:
-    """Samples of ``features1`` in a window around ``centres`` ``(B, H·W, 2)``: ``(B, H·W, C, (2r+1)²)``."""
-    positions = centres[:, :, None, :] + _window_offsets(radius, centres.device)  # (B, N, K, 2)
-    return sample_at_pixels(features1, positions).permute(0, 2, 1, 3)
+def _dot(features0: torch.Tensor, features1: torch.Tensor) -> torch.Tensor:
+    """Scaled dot product over channels: ``(B, C, H, W)`` x2 -> ``(B, H, W)``."""
+    return (features0 * features1).sum(dim=1) / math.sqrt(features0.shape[1])
 
 
 def global_matching(features0, features1) -> torch.Tensor:
@@ -309,28 +307,33 @@ def global_matching(features0, features1) -> torch.Tensor:
 
 
 def local_matching(features0, features1, radius: int) -> torch.Tensor:
-    """As ``global_matching`` within a ``(2r+1)²`` window; positions outside the image are excluded."""
-    batch, channels, height, width = features0.shape
-    grid = pixel_grid(height, width, features0.device).flatten(2).transpose(1, 2).expand(batch, -1, -1)
-    positions = grid[:, :, None, :] + _window_offsets(radius, features0.device)  # (B, N, K, 2)
-    windows = _window_features(features1, grid, radius)  # (B, N, C, K)
-    corr = torch.matmul(features0.flatten(2).transpose(1, 2)[:, :, None, :], windows)[:, :, 0] / math.sqrt(channels)
-    inside = (
-        (positions[..., 0] >= 0) & (positions[..., 0] < width) & (positions[..., 1] >= 0) & (positions[..., 1] < height)
-    )
-    corr = corr.masked_fill(~inside, -1e9)
-    match = torch.matmul(corr.softmax(dim=-1)[:, :, None, :], positions.to(corr.dtype))[:, :, 0]
-    return (match - grid).transpose(1, 2).reshape(batch, 2, height, width)
+    """As ``global_matching`` within a ``(2r+1)²`` window; positions outside the image are excluded.
+
+    The window's correlations are computed one offset at a time (a shifted copy of image 1's
+    features), never holding the ``C x (2r+1)²`` samples of every pixel at once.
+    """
+    _, _, height, width = features0.shape
+    padded = F.pad(features1, (radius, radius, radius, radius))
+    grid = pixel_grid(height, width, features0.device)  # (1, 2, H, W)
+    corr, offsets, inside = [], [], []
+    for dx, dy in _window_offsets(radius):
+        shifted = padded[:, :, radius + dy : radius + dy + height, radius + dx : radius + dx + width]
+        corr.append(_dot(features0, shifted))
+        offsets.append((dx, dy))
+        x, y = grid[0, 0] + dx, grid[0, 1] + dy
+        inside.append((x >= 0) & (x < width) & (y >= 0) & (y < height))
+    corr = torch.stack(corr, dim=1).masked_fill(~torch.stack(inside)[None], -1e9)  # (B, K, H, W)
+    offsets = torch.tensor(offsets, dtype=corr.dtype, device=corr.device)  # (K, 2)
+    return torch.einsum("bkhw,kc->bchw", corr.softmax(dim=1), offsets)
 
 
 def correlation_around_flow(features0, features1, flow, radius: int) -> torch.Tensor:
     """Correlations of each pixel with image 1 in a window around where ``flow`` sends it: ``(B, (2r+1)², H, W)``."""
-    batch, channels, height, width = features0.shape
-    grid = pixel_grid(height, width, features0.device).flatten(2).transpose(1, 2)
-    centres = grid + flow.flatten(2).transpose(1, 2)
-    windows = _window_features(features1, centres, radius)
-    corr = torch.matmul(features0.flatten(2).transpose(1, 2)[:, :, None, :], windows)[:, :, 0] / math.sqrt(channels)
-    return corr.transpose(1, 2).reshape(batch, -1, height, width)
+    corr = []
+    for dx, dy in _window_offsets(radius):
+        offset = flow.new_tensor([dx, dy]).view(1, 2, 1, 1)
+        corr.append(_dot(features0, warp_backward(features1, flow + offset, padding_mode="zeros")))
+    return torch.stack(corr, dim=1)
 
 
 class MotionEncoder(nn.Module):
