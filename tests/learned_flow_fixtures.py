@@ -27,11 +27,15 @@ def layout_of(state_dict: dict[str, torch.Tensor]) -> dict[str, list[int]]:
     return {key: list(value.shape) for key, value in state_dict.items()}
 
 
-def seeded_state_dict(layout: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
+def seeded_state_dict(layout: dict[str, list[int]], seed: int = 0, gain: float = 1.0) -> dict[str, torch.Tensor]:
     """Random but well-scaled weights for every key of ``layout``.
 
-    Weights of convolutions / linear layers: N(0, 1/fan_in); biases N(0, 0.1²); norm scales
-    1 + N(0, 0.1²); running means N(0, 0.1²) and variances in [0.5, 1.5).
+    Weights of convolutions / linear layers: N(0, gain²/fan_in); biases N(0, 0.1²); norm
+    scales 1 + N(0, 0.1²); running means N(0, 0.1²) and variances in [0.5, 1.5).
+
+    A gain below 1 makes a calmer network: at gain 1 GMFlow's softmax matching is so sharp
+    that float rounding (another thread count, another CPU) moves its output by 1e-2 px,
+    at 0.5 by 1e-4 px, so outputs can be compared to float tolerance.
     """
     tensors = {}
     for key, shape in layout.items():
@@ -46,7 +50,7 @@ def seeded_state_dict(layout: dict[str, list[int]], seed: int = 0) -> dict[str, 
             value = 0.1 * rng.standard_normal(shape)
         elif len(shape) >= 2:
             fan_in = int(np.prod(shape[1:]))
-            value = rng.standard_normal(shape) / np.sqrt(fan_in)
+            value = gain * rng.standard_normal(shape) / np.sqrt(fan_in)
         elif key.endswith(".weight"):
             value = 1.0 + 0.1 * rng.standard_normal(shape)
         else:
