@@ -11,7 +11,7 @@ The references are not part of this project and are never imported by it. To reg
 3. From the repository root::
 
        <python> tests/reference/make_flow_goldens.py \\
-           --raft-repo ../refs/RAFT --unimatch-repo ../refs/unimatch --motionedit-repo ../refs/motion-edit
+           --raft-repo ../refs/RAFT --unimatch-repo ../refs/unimatch --motionedit-repo ../refs/motion-edit [--compare]
 
 It writes ``tests/data/flow_goldens/<name>.layout.json`` (every key and shape of the
 reference's state dict) and ``<name>.npz`` (the inputs' seeds and sizes, and the flow
@@ -64,7 +64,12 @@ def summarize(flow: torch.Tensor, step: int) -> dict[str, np.ndarray]:
     }
 
 
-def save(out: Path, name: str, layout: dict, arrays: dict) -> None:
+REFERENCE_FLOWS: dict[str, tuple[torch.Tensor, dict]] = {}
+"""Every full reference flow of this run, with its golden's settings, for ``compare_with_project``."""
+
+
+def save(out: Path, name: str, layout: dict, arrays: dict, flow: torch.Tensor) -> None:
+    REFERENCE_FLOWS[name] = (flow.detach().float().cpu(), {**arrays, "layout": layout})
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.layout.json").write_text(json.dumps(layout, indent=0) + "\n")
     np.savez_compressed(out / f"{name}.npz", **arrays)
@@ -83,7 +88,7 @@ def torchvision_raft(out: Path) -> None:
             flow = model(image1 * 2 - 1, image2 * 2 - 1, num_flow_updates=RAFT_ITERATIONS)[-1]
         save(out, name, layout, {"weights_seed": np.array(seed), "image_seed": np.array(seed),
                                  "size": np.array(RAFT_SIZE), "iterations": np.array(RAFT_ITERATIONS),
-                                 **summarize(flow, SAMPLE_STEP)})
+                                 **summarize(flow, SAMPLE_STEP)}, flow)
 
 
 def original_raft(out: Path, repo: Path) -> None:
@@ -114,7 +119,7 @@ def _original_raft(out: Path, RAFT) -> None:
             flow = model.module(image1 * 255, image2 * 255, iters=RAFT_ITERATIONS, test_mode=True)[1]
         save(out, name, layout, {"weights_seed": np.array(seed), "image_seed": np.array(seed),
                                  "size": np.array(RAFT_SIZE), "iterations": np.array(RAFT_ITERATIONS),
-                                 **summarize(flow, SAMPLE_STEP)})
+                                 **summarize(flow, SAMPLE_STEP)}, flow)
 
 
 GMFLOW_CASES = {
@@ -157,7 +162,7 @@ def _official_gmflow(out: Path, UniMatch) -> dict[str, torch.Tensor]:
         save(out, name, layout, {"weights_seed": np.array(seed), "weights_gain": np.array(GMFLOW_GAIN),
                                  "image_seed": np.array(seed),
                                  "size": np.array(GMFLOW_SIZE), "padding_factor": np.array(padding),
-                                 "num_reg_refine": np.array(refine), **summarize(flow, 2)})
+                                 "num_reg_refine": np.array(refine), **summarize(flow, 2)}, flow)
     return flows
 
 
@@ -182,18 +187,45 @@ def _motionedit_gmflow(MotionEditScorer, official: torch.Tensor) -> None:
     assert difference < 1e-3, difference
 
 
+def compare_with_project() -> None:
+    """This project's estimators on the same weights and inputs: the whole flow fields compared."""
+    sys.path.insert(0, str(ROOT))
+    from motionnft.flow import RAFTFlow, UniMatchFlow
+
+    print("\n| golden | reference | max abs difference (px) | mean abs difference (px) | mean abs flow (px) |")
+    print("|---|---|---:|---:|---:|")
+    for name, (reference, settings) in REFERENCE_FLOWS.items():
+        weights = seeded_state_dict(settings["layout"], int(settings["weights_seed"]),
+                                    float(settings.get("weights_gain", 1.0)))
+        if name.startswith("raft"):
+            estimator = RAFTFlow(weights, iterations=int(settings["iterations"]))
+        else:
+            estimator = UniMatchFlow(weights, num_reg_refine=int(settings["num_reg_refine"]))
+        image1, image2 = image_pair(BATCH, *(int(v) for v in settings["size"]), seed=int(settings["image_seed"]))
+        ours = estimator(image1, image2)
+        difference = (ours - reference).abs()
+        source = {"torchvision": "torchvision", "original": "princeton-vl RAFT"}.get(name.split("_")[-1], "official UniMatch")
+        print(f"| {name} | {source} | {float(difference.max()):.2e} | {float(difference.mean()):.2e} | "
+              f"{float(reference.abs().mean()):.3f} |")
+    sys.path.remove(str(ROOT))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raft-repo", type=Path, required=True, help="clone of princeton-vl/RAFT")
     parser.add_argument("--unimatch-repo", type=Path, required=True, help="clone of autonomousvision/unimatch")
     parser.add_argument("--motionedit-repo", type=Path, required=True, help="clone of elainew728/motion-edit")
     parser.add_argument("--out", type=Path, default=GOLDEN_DIR)
+    parser.add_argument("--compare", action="store_true",
+                        help="also run this project's networks on the same weights and inputs and print the differences")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     torchvision_raft(args.out)
     original_raft(args.out, args.raft_repo.resolve())
     flows = official_gmflow(args.out, args.unimatch_repo.resolve())
     motionedit_gmflow(args.motionedit_repo.resolve(), flows["gmflow_scale2_regrefine6"])
+    if args.compare:
+        compare_with_project()
     return 0
 
 
