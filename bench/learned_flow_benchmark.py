@@ -40,6 +40,7 @@ from motionnft.files import atomic_write  # noqa: E402
 from motionnft.flow.raft import RAFT, RAFT_CONFIGS, RAFTFlow  # noqa: E402
 from motionnft.flow.unimatch import GMFlow, GMFlowConfig, GMFlowSettings, UniMatchFlow  # noqa: E402
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 SECTION = re.compile(r"<!-- learned-flow-benchmark:start -->.*?<!-- learned-flow-benchmark:end -->", re.S)
 MOTIONEDIT_CONFIG = GMFlowConfig(num_scales=2, upsample_factor=4, reg_refine=True)
 MOTIONEDIT_SETTINGS = GMFlowSettings.official(MOTIONEDIT_CONFIG, 6)
@@ -50,7 +51,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_calls(calls: list, device: torch.device, repeats: int) -> list[float]:
+def time_calls(calls: list, device: torch.device, repeats: int, clock=time.perf_counter) -> list[float]:
     """Median seconds of each call, after one warm-up each; the calls take turns, so a change
     in the machine's load hits them alike."""
     with torch.no_grad():
@@ -60,10 +61,10 @@ def time_calls(calls: list, device: torch.device, repeats: int) -> list[float]:
         times = [[] for _ in calls]
         for _ in range(repeats):
             for index, call in enumerate(calls):
-                start = time.perf_counter()
+                start = clock()
                 call()
                 synchronize(device)
-                times[index].append(time.perf_counter() - start)
+                times[index].append(clock() - start)
     return [statistics.median(t) for t in times]
 
 
@@ -116,7 +117,7 @@ def measure(args) -> list[dict]:
                             return reference(image1 * 2 - 1, image2 * 2 - 1, num_flow_updates=args.raft_iterations)
 
                     calls.append(run_reference)
-                seconds = time_calls(calls, device, args.repeats)
+                seconds = time_calls(calls, device, args.repeats, CLOCKS[args.clock])
                 group.append({"method": f"raft_{variant}", "baseline_name": f"torchvision raft_{variant}",
                               "ms": seconds[0] * 1000 / batch,
                               "baseline_ms": seconds[1] * 1000 / batch if len(seconds) > 1 else None})
@@ -134,7 +135,7 @@ def measure(args) -> list[dict]:
                             num_reg_refine=6, pred_bidir_flow=False, task="flow")
 
                 calls.append(run_official)
-            seconds = time_calls(calls, device, args.repeats)
+            seconds = time_calls(calls, device, args.repeats, CLOCKS[args.clock])
             if unimatch_reference is not None:
                 group.append({"method": "unimatch", "baseline_name": "official UniMatch",
                               "ms": seconds[0] * 1000 / batch, "baseline_ms": seconds[1] * 1000 / batch})
@@ -168,7 +169,8 @@ def markdown(rows: list[dict], command: str, args) -> str:
         f"Command: `{command}`",
         "",
         f"Machine: {machine}, Python {platform.python_version()}, torch {torch.__version__}. RAFT with "
-        f"{args.raft_iterations} updates; unimatch with MotionEdit's settings (2 scales, 6 refinements). Time: "
+        f"{args.raft_iterations} updates; unimatch with MotionEdit's settings (2 scales, 6 refinements). Time "
+        f"({'CPU time of the process' if args.clock == 'cpu' else 'wall time'}): "
         f"median of {args.repeats} runs after a warm-up, divided by the batch; ratio = ours / baseline, both "
         "measured in this run on the same random images (random weights: speed does not depend on them).",
         "",
@@ -202,19 +204,28 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--unimatch-repo", type=Path, default=None, help="clone of autonomousvision/unimatch (baseline)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default=None,
+        help="wall time, or the process's CPU time (steady on a shared machine; with --threads 1 it is the "
+        "compute time); default: wall on a GPU, cpu on the CPU with --threads 1, else wall",
+    )
     parser.add_argument("--write", type=Path, default=None, help="Markdown file whose learned-flow section is replaced")
     args = parser.parse_args(argv)
     if args.threads:
         # On a shared machine, several threads per op can spend most of their time waiting on
         # each other; one thread per op gives steadier figures.
         torch.set_num_threads(args.threads)
+    if args.clock is None:
+        args.clock = "cpu" if torch.device(args.device).type == "cpu" and args.threads == 1 else "wall"
+    if args.clock == "cpu" and torch.device(args.device).type != "cpu":
+        parser.error("--clock cpu measures CPU work only: use --clock wall with a GPU")
     rows = measure(args)
     grid = (f"--cases {' '.join(f'{s}x{b}' for s, b in args.cases)}" if args.cases else
             f"--sizes {' '.join(map(str, args.sizes))} --batches {' '.join(map(str, args.batches))}")
     command = (
         f"python bench/learned_flow_benchmark.py --device {args.device} {grid} --precisions {' '.join(args.precisions)} "
         f"--raft-iterations {args.raft_iterations} --repeats {args.repeats}"
-        + (f" --threads {args.threads}" if args.threads else "")
+        + (f" --threads {args.threads}" if args.threads else "") + f" --clock {args.clock}"
         + (" --unimatch-repo <clone of autonomousvision/unimatch>" if args.unimatch_repo else "")
         + (f" --write {args.write}" if args.write else "")
     )

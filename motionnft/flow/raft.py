@@ -283,6 +283,8 @@ class RAFT(nn.Module):
             raise ValueError(f"RAFT needs sizes that are multiples of {DOWNSAMPLE}, got {height}x{width}")
         if min(height, width) < DOWNSAMPLE * MIN_FEATURE_SIZE:
             raise ValueError(f"RAFT needs sizes of at least {DOWNSAMPLE * MIN_FEATURE_SIZE} px, got {height}x{width}")
+        if iterations < 1:
+            raise ValueError(f"RAFT needs at least one update, got iterations={iterations}")
         features1, features2 = self.feature_encoder(torch.cat((image1, image2))).chunk(2)
         pyramid = CorrelationPyramid(features1, features2, self.config.corr_levels, self.config.corr_radius)
         hidden, context = self.context_encoder(image1).split([self.config.hidden, self.config.context_channels], dim=1)
