@@ -17,7 +17,8 @@ median of ``--repeats`` calls of
 The measured calls take turns (ours, baseline, ours, ...), so a change in the machine's
 load affects both sides of a ratio alike. Speed does not depend on the weights' values: the networks are randomly initialised, so no
 weight file is needed. ``--write`` replaces the benchmark's section of a Markdown file.
-Run it with a Python that has torchvision (e.g. a ComfyUI venv) to get the baseline.
+Run it with a Python that has torchvision (e.g. a ComfyUI venv) to get the baseline. CPU
+and GPU runs write separate sections.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from motionnft.flow.raft import RAFT, RAFT_CONFIGS, RAFTFlow  # noqa: E402
 from motionnft.flow.unimatch import GMFlow, GMFlowConfig, GMFlowSettings, UniMatchFlow  # noqa: E402
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-SECTION = re.compile(r"<!-- learned-flow-benchmark:start -->.*?<!-- learned-flow-benchmark:end -->", re.S)
+def section_pattern(kind: str) -> re.Pattern:
+    """The Markdown section of the CPU or the GPU figures (each run replaces its own)."""
+    return re.compile(rf"<!-- learned-flow-benchmark-{kind}:start -->.*?<!-- learned-flow-benchmark-{kind}:end -->", re.S)
 MOTIONEDIT_CONFIG = GMFlowConfig(num_scales=2, upsample_factor=4, reg_refine=True)
 MOTIONEDIT_SETTINGS = GMFlowSettings.official(MOTIONEDIT_CONFIG, 6)
 
@@ -162,8 +165,9 @@ def markdown(rows: list[dict], command: str, args) -> str:
         machine = f"{torch.cuda.get_device_name(device)}"
     else:
         machine = f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    kind = "gpu" if device.type == "cuda" else "cpu"
     lines = [
-        "<!-- learned-flow-benchmark:start -->",
+        f"<!-- learned-flow-benchmark-{kind}:start -->",
         f"## Learned optical flow: time per pair ({'GPU' if device.type == 'cuda' else 'CPU'})",
         "",
         f"Command: `{command}`",
@@ -177,7 +181,7 @@ def markdown(rows: list[dict], command: str, args) -> str:
         "| size | batch | precision | method | ms / pair | baseline | baseline ms / pair | ratio |",
         "|---|---:|---|---|---:|---|---:|---:|",
         *(format_row(row) for row in rows),
-        "<!-- learned-flow-benchmark:end -->",
+        f"<!-- learned-flow-benchmark-{kind}:end -->",
     ]
     return "\n".join(lines)
 
@@ -232,8 +236,9 @@ def main(argv=None) -> int:
     table = markdown(rows, command, args)
     print(table)
     if args.write:
+        section = section_pattern("gpu" if torch.device(args.device).type == "cuda" else "cpu")
         text = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
-        text = SECTION.sub(lambda _: table, text) if SECTION.search(text) else text.rstrip() + "\n\n" + table + "\n"
+        text = section.sub(lambda _: table, text) if section.search(text) else text.rstrip() + "\n\n" + table + "\n"
         with atomic_write(args.write, "w") as handle:
             handle.write(text)
         print(f"wrote {args.write}")
