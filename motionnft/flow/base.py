@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +200,9 @@ def _build_learned_estimator(
     backend: str, preset: str, path: str, stamp: int, precision: str, device: str | None
 ) -> FlowEstimator:
     # ``stamp`` (the file's mtime) is part of the key so a replaced file is loaded again.
-    return _BACKENDS[backend].factory(preset, weights=Path(path), precision=precision, device=device)
+    estimator = _BACKENDS[backend].factory(preset, weights=Path(path), precision=precision, device=device)
+    logging.getLogger(__name__).info("flow backend %s: loaded %s (%s)", backend, path, estimator)
+    return estimator
 
 
 def estimate_flow(
