@@ -26,7 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from docs_section import write_section  # noqa: E402
-from motionnft.flow import available_backends, create_estimator, read_flo, valid_flow_mask  # noqa: E402
+from motionnft.flow import (  # noqa: E402
+    WeightsNotFoundError,
+    available_backends,
+    create_estimator,
+    read_flo,
+    valid_flow_mask,
+)
 from motionnft.image import load_image  # noqa: E402
 
 BASELINE = ("farneback", "default")
@@ -49,12 +55,19 @@ def end_point_error(flow: torch.Tensor, truth: torch.Tensor) -> float:
     return float((flow - truth).norm(dim=0)[known].mean())
 
 
-def measure(pairs, repeats: int) -> list[dict]:
+def measure(pairs, repeats: int, skipped: list[str] | None = None) -> list[dict]:
+    """Rows for every backend/preset; learned backends whose weights are not found here are
+    left out and named in ``skipped``."""
     methods = [(name, preset) for name, backend in available_backends().items() for preset in backend.presets]
     loaded = [(name, load_image(a), load_image(b), read_flo(gt)) for name, a, b, gt in pairs]
     rows = []
     for backend, preset in methods:
-        estimator = create_estimator(backend, preset)
+        try:
+            estimator = create_estimator(backend, preset)
+        except WeightsNotFoundError:
+            if skipped is not None and backend not in skipped:
+                skipped.append(backend)
+            continue
         for name, image_a, image_b, truth in loaded:
             flow = estimator(image_a, image_b)[0]
             times = []
@@ -78,7 +91,7 @@ def measure(pairs, repeats: int) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], command: str, repeats: int) -> str:
+def markdown(rows: list[dict], command: str, repeats: int, skipped: list[str] = ()) -> str:
     lines = [
         "<!-- flow-benchmark:start -->",
         "## Optical flow: accuracy and time per pair (CPU)",
@@ -97,6 +110,8 @@ def markdown(rows: list[dict], command: str, repeats: int) -> str:
         lines.append(
             f"| {row['pair']} | {row['size']} | {row['method']} | {row['epe']:.3f} | {row['ms']:.1f} | {row['ratio']:.2f} |"
         )
+    if skipped:
+        lines += ["", f"Not measured (no weight file on this machine, see `motionnft backends`): {', '.join(skipped)}."]
     lines += ["<!-- flow-benchmark:end -->"]
     return "\n".join(lines)
 
@@ -111,9 +126,10 @@ def main(argv=None) -> int:
     pairs = find_pairs(args.data)
     if not pairs:
         parser.error(f"no frame pairs with ground truth found under {args.data} (looked in middlebury/*/ and chairs/)")
-    rows = measure(pairs, args.repeats)
+    skipped: list[str] = []
+    rows = measure(pairs, args.repeats, skipped)
     command = "python bench/flow_benchmark.py" + (f" --repeats {args.repeats}" if args.repeats != 5 else "")
-    table = markdown(rows, command + (f" --write {args.write}" if args.write else ""), args.repeats)
+    table = markdown(rows, command + (f" --write {args.write}" if args.write else ""), args.repeats, skipped)
     print(table)
     if args.write:
         write_section(args.write, "flow-benchmark", table)

@@ -1,4 +1,5 @@
-"""The ``motionnft`` command line: ``flow``, ``reward``, ``demo``, ``eval``, ``judge``, ``lora``, ``mine`` and ``train``."""
+"""The ``motionnft`` command line: ``flow``, ``reward``, ``demo``, ``backends``, ``eval``, ``judge``, ``lora``,
+``mine`` and ``train``."""
 
 from __future__ import annotations
 
@@ -13,10 +14,28 @@ from . import __version__
 
 
 def _flow_arguments(parser: argparse.ArgumentParser) -> None:
-    from .flow import available_backends
+    from .flow import PRECISIONS, available_backends
 
     parser.add_argument("--backend", default="dis", choices=sorted(available_backends()), help="flow estimator (default: dis)")
-    parser.add_argument("--preset", default=None, help="backend preset (dis: ultrafast, fast, medium; default: medium)")
+    parser.add_argument(
+        "--preset", default=None,
+        help="backend preset (dis: ultrafast, fast, medium; raft_*: fast, medium, accurate; default: the "
+        "backend's own, see 'motionnft backends')",
+    )
+    parser.add_argument(
+        "--weights", default=None,
+        help="weight file of a learned backend (raft_large, raft_small, unimatch): a path, or a file name looked "
+        "up in the weight folders (see 'motionnft backends'); default: the backend's preferred file found there",
+    )
+    parser.add_argument("--precision", default=None, choices=PRECISIONS, help="compute precision of a learned backend (default fp32)")
+    parser.add_argument("--device", default=None, help="device of a learned backend, e.g. cuda or cuda:1 (default cpu)")
+
+
+def _estimator(args):
+    """The flow estimator the --backend/--preset/--weights/--precision/--device options describe."""
+    from .flow import create_estimator
+
+    return create_estimator(args.backend, args.preset, weights=args.weights, precision=args.precision, device=args.device)
 
 
 def _reward_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +63,7 @@ def _configs(args):
 
 
 def _command_flow(args) -> int:
-    from .flow import create_estimator, flow_legend, flow_to_color, write_flo
+    from .flow import flow_legend, flow_to_color, write_flo
     from .image import load_image, resize_image, save_image
 
     image_a, image_b = load_image(args.image_a), load_image(args.image_b)
@@ -55,7 +74,7 @@ def _command_flow(args) -> int:
             file=sys.stderr,
         )
         image_b = resize_image(image_b, tuple(image_a.shape[-2:]))
-    estimator = create_estimator(args.backend, args.preset)
+    estimator = _estimator(args)
     start = time.perf_counter()
     flow = estimator(image_a, image_b)
     elapsed = time.perf_counter() - start
@@ -101,14 +120,13 @@ def _print_reward(record: dict, constants: dict, file=None) -> None:
 
 
 def _command_reward(args) -> int:
-    from .flow import create_estimator
     from .image import load_image, save_image
     from .report import render_reward_breakdown
     from .reward import motion_reward
 
     config, mas = _configs(args)
     input_image, edited, target = (load_image(p) for p in (args.input, args.edited, args.target))
-    estimator = create_estimator(args.backend, args.preset)
+    estimator = _estimator(args)
     result = motion_reward(input_image, edited, target, estimator=estimator, config=config, mas_config=mas)
     record = result.records()[0]
     if args.breakdown:
@@ -118,7 +136,12 @@ def _command_reward(args) -> int:
             "input": str(args.input),
             "edited": str(args.edited),
             "target": str(args.target),
-            "flow": {"backend": args.backend, "preset": getattr(estimator, "preset", args.preset)},
+            "flow": {
+                "backend": args.backend,
+                "preset": getattr(estimator, "preset", args.preset),
+                "weights": str(getattr(estimator, "weights", None) or "") or None,
+                "precision": getattr(estimator, "precision", "fp32"),
+            },
             **record,
             "constants": result.constants(),
         }
@@ -133,7 +156,7 @@ def _command_reward(args) -> int:
 def _command_demo(args) -> int:
     from tqdm import tqdm
 
-    from .flow import create_estimator, flow_to_color
+    from .flow import flow_to_color
     from .image import save_image
     from .report import render_reward_breakdown
     from .reward import motion_reward
@@ -144,7 +167,7 @@ def _command_demo(args) -> int:
     config, mas = _configs(args)
     out = Path(args.out)
     sample = demo_sample(size=args.size, seed=args.seed)
-    estimator = create_estimator(args.backend, args.preset)
+    estimator = _estimator(args)
     save_image(sample.input, out / "input.png")
     save_image(sample.target, out / "target.png")
     print(f"built-in sample: {args.size}x{args.size}, instruction: {sample.instruction!r}")
@@ -426,6 +449,30 @@ def _command_train(args) -> int:
     return 130 if result.interrupted else 0
 
 
+def _command_backends(args) -> int:
+    from .flow import WeightsNotFoundError, available_backends, find_weights, weight_folders
+
+    folders = weight_folders()
+    print("flow backends (--backend NAME --preset PRESET [--weights FILE]):")
+    for name, info in available_backends().items():
+        presets = ", ".join(p + (" (default)" if p == info.default_preset else "") for p in info.presets)
+        print(f"\n{name}: {info.description}\n  presets: {presets}")
+        if not info.needs_weights:
+            print("  weights: none needed")
+            continue
+        try:
+            found = f"found {find_weights(name, info.weight_files, folders=folders)}"
+        except WeightsNotFoundError:
+            found = "MISSING: put one of these files in a folder below"
+        print(f"  weights: {found}\n  accepted file names (preferred first):")
+        for file_name in info.weight_files:
+            print(f"    {file_name}")
+    print("\nweight folders searched, in order ($MOTIONNFT_FLOW_WEIGHTS, registered folders, torch hub):")
+    for folder in folders:
+        print(f"  {folder}{'' if folder.is_dir() else ' (does not exist)'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="motionnft",
@@ -542,6 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'auto' (default: continue from OUTPUT_DIR's latest checkpoint), a checkpoint or run folder, or 'none'")
     train.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     train.set_defaults(handler=_command_train)
+    backends = commands.add_parser(
+        "backends", help="list the flow backends, their presets and weight files, and where weights are looked for"
+    )
+    backends.set_defaults(handler=_command_backends)
     return parser
 
 

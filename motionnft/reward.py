@@ -311,7 +311,7 @@ def motion_reward(
     input_image: torch.Tensor,
     edited_image: torch.Tensor,
     target_image: torch.Tensor,
-    estimator: FlowEstimator | None = None,
+    estimator: FlowEstimator | str | None = None,
     config: MotionRewardConfig = DEFAULT_REWARD_CONFIG,
     mas_config: MASConfig = MASConfig(),
     flow_target: torch.Tensor | None = None,
@@ -326,7 +326,8 @@ def motion_reward(
         input_image: ``(B, 3, H0, W0)`` or a batch of 1, in [0, 1].
         edited_image: ``(B, 3, H, W)`` edits to score.
         target_image: ``(B, 3, Hg, Wg)`` or a batch of 1: the ground-truth targets.
-        estimator: flow estimator; default OpenCV DIS "medium".
+        estimator: flow estimator, or a backend name for ``create_estimator`` (e.g.
+            ``"unimatch"``, the paper's); default OpenCV DIS "medium".
         flow_target: precomputed ``Vg`` at the edited size (skips its estimation, e.g.
             for several rollouts of one prompt).
         progress: ``progress(done, total)`` over the flow pairs.
@@ -345,7 +346,10 @@ def motion_reward(
     device = edited_image.device
     input_image = resize_image(input_image.to(device).float(), size).expand(batch, -1, -1, -1)
     edited_image = edited_image.float()
-    estimator = estimator if estimator is not None else create_estimator("dis", "medium")
+    if estimator is None:
+        estimator = create_estimator("dis", "medium")
+    elif isinstance(estimator, str):
+        estimator = create_estimator(estimator)
     if flow_target is None:
         target_image = resize_image(target_image.to(device).float(), size).expand(batch, -1, -1, -1)
         flows = estimator(

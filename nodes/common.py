@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
+import folder_paths
 import torch
 from comfy_api.latest import io
 
 import comfy.model_management
 import comfy.utils
 
-from ..motionnft.flow import available_backends
+from ..motionnft.flow import PRECISIONS, FlowEstimator, add_weight_folders, available_backends, create_estimator, get_backend
 
 CATEGORY = "MotionNFT"
+
+FLOW_FOLDER = "optical_flow"
+"""ComfyUI model folder of the learned flow backends' weights (``models/optical_flow``)."""
+
+WEIGHTS_AUTO = "auto"
 
 Flow = io.Custom("MOTIONNFT_FLOW")
 """A torch float tensor ``(B, 2, H, W)``: the flow from image A to image B in pixels of
@@ -28,15 +37,91 @@ def flow_inputs() -> list:
             "backend",
             options=list(backends),
             default="dis",
-            tooltip="Optical-flow estimator. dis and farneback (OpenCV) need no model files.",
+            tooltip=(
+                "Optical-flow estimator. dis and farneback (OpenCV) need no model files; raft_large, "
+                "raft_small and unimatch (the flow of the MotionEdit paper's reward) load weights from "
+                "models/optical_flow."
+            ),
         ),
         io.Combo.Input(
             "preset",
             options=presets,
             default=PRESET_AUTO,
-            tooltip="Speed/accuracy preset of the backend; auto = the backend's default (dis: medium).",
+            tooltip=(
+                "Speed/accuracy preset of the backend; auto = the backend's default (dis: medium; raft: "
+                "medium = 12 updates, fast = 6, accurate = 32; unimatch: default)."
+            ),
         ),
     ]
+
+
+def register_flow_folder() -> None:
+    """Register ``models/optical_flow`` with ComfyUI and with the library's weight search.
+
+    Merges into ``folder_paths.folder_names_and_paths``: an ``optical_flow`` entry that
+    ``extra_model_paths.yaml`` already made keeps its folders (first) and extensions.
+    """
+    default = os.path.join(folder_paths.models_dir, FLOW_FOLDER)
+    supported = set(folder_paths.supported_pt_extensions)
+    existing = folder_paths.folder_names_and_paths.get(FLOW_FOLDER)
+    if existing is None:
+        paths, extensions = [default], supported
+    else:
+        paths, extensions = list(existing[0]), set(existing[1])
+        if default not in paths:
+            paths.append(default)
+        if extensions:  # an empty set means "any file" to ComfyUI: keep it so
+            extensions |= supported
+    folder_paths.folder_names_and_paths[FLOW_FOLDER] = (paths, extensions)
+    add_weight_folders(_flow_folders)
+
+
+def _flow_folders() -> list[str]:
+    return folder_paths.get_folder_paths(FLOW_FOLDER)
+
+
+def flow_model_inputs() -> list:
+    """The weights and precision widgets of nodes that can run a learned flow backend (optional
+    inputs, so graphs written before they existed still run)."""
+    files = folder_paths.get_filename_list(FLOW_FOLDER)
+    return [
+        io.Combo.Input(
+            "weights",
+            options=[WEIGHTS_AUTO, *files],
+            default=WEIGHTS_AUTO,
+            optional=True,
+            tooltip=(
+                "Weight file of a learned backend (raft_large, raft_small, unimatch), from models/optical_flow. "
+                "auto = the backend's preferred file found there. Ignored by dis and farneback."
+            ),
+        ),
+        io.Combo.Input(
+            "precision",
+            options=list(PRECISIONS),
+            default="fp32",
+            optional=True,
+            tooltip="Compute precision of a learned backend; fp32 is the reference, fp16/bf16 are faster on GPUs.",
+        ),
+    ]
+
+
+def flow_estimator(backend: str, preset: str, weights: str = WEIGHTS_AUTO, precision: str = "fp32") -> FlowEstimator:
+    """The estimator a node's backend/preset/weights/precision widgets describe, on ComfyUI's device."""
+    info = get_backend(backend)
+    if not info.needs_weights:
+        if weights != WEIGHTS_AUTO:
+            logging.info("MotionNFT: backend %s uses no weights; %s ignored", backend, weights)
+        return create_estimator(backend, resolve_preset(preset))
+    path = None
+    if weights != WEIGHTS_AUTO:
+        path = folder_paths.get_full_path(FLOW_FOLDER, weights)
+        if path is None:
+            listing = "\n".join(f"  - {folder}" for folder in _flow_folders())
+            raise FileNotFoundError(f"weights: {weights!r} is in none of the optical_flow folders:\n{listing}")
+    return create_estimator(
+        backend, resolve_preset(preset), weights=path, precision=precision,
+        device=comfy.model_management.get_torch_device(),
+    )
 
 
 def resolve_preset(preset: str) -> str | None:
@@ -91,3 +176,6 @@ def broadcast_batches(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
             f"batch sizes do not match ({listing}): each input needs the same batch size or a batch of 1"
         )
     return {name: t.expand(batch, *t.shape[1:]) for name, t in named.items()}
+
+
+register_flow_folder()

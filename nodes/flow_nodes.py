@@ -8,7 +8,6 @@ import torch
 from comfy_api.latest import io
 
 from ..motionnft.flow import (
-    create_estimator,
     draw_flow_arrows,
     flow_legend,
     flow_to_color,
@@ -23,10 +22,11 @@ from .common import (
     bchw_to_image,
     broadcast_batches,
     check_flow,
+    flow_estimator,
     flow_inputs,
+    flow_model_inputs,
     image_to_bchw,
     progress_callback,
-    resolve_preset,
 )
 
 
@@ -39,18 +39,21 @@ class OpticalFlow(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Dense optical flow from image A to image B, in pixels. A single image A is "
-                "paired with every image of a B batch. B is resized to A's size if they differ."
+                "paired with every image of a B batch. B is resized to A's size if they differ. "
+                "Learned backends (raft_large, raft_small, unimatch) load their weights from "
+                "models/optical_flow and run on ComfyUI's device."
             ),
             inputs=[
                 io.Image.Input("image_a", tooltip="Frame A: where the pixels start (e.g. the input image)."),
                 io.Image.Input("image_b", tooltip="Frame B: where they end up (e.g. the edited image)."),
                 *flow_inputs(),
+                *flow_model_inputs(),
             ],
             outputs=[Flow.Output(display_name="flow")],
         )
 
     @classmethod
-    def execute(cls, image_a, image_b, backend, preset) -> io.NodeOutput:
+    def execute(cls, image_a, image_b, backend, preset, weights="auto", precision="fp32") -> io.NodeOutput:
         a = image_to_bchw("image_a", image_a)
         b = image_to_bchw("image_b", image_b)
         if a.shape[-2:] != b.shape[-2:]:
@@ -60,7 +63,7 @@ class OpticalFlow(io.ComfyNode):
             )
             b = resize_image(b, tuple(a.shape[-2:]))
         pair = broadcast_batches({"image_a": a, "image_b": b})
-        estimator = create_estimator(backend, resolve_preset(preset))
+        estimator = flow_estimator(backend, preset, weights, precision)
         batch = pair["image_a"].shape[0]
         flow = estimator(pair["image_a"], pair["image_b"], progress_callback(batch))
         return io.NodeOutput(flow.cpu())

@@ -5,11 +5,19 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io, ui
 
-from ..motionnft.flow import create_estimator, flow_to_color
+from ..motionnft.flow import flow_to_color
 from ..motionnft.image import resize_image
 from ..motionnft.report import colorize, render_reward_breakdown
 from ..motionnft.reward import VARIANTS, MASConfig, MotionReward, MotionRewardConfig, motion_reward
-from .common import CATEGORY, bchw_to_image, flow_inputs, image_to_bchw, progress_callback, resolve_preset
+from .common import (
+    CATEGORY,
+    bchw_to_image,
+    flow_estimator,
+    flow_inputs,
+    flow_model_inputs,
+    image_to_bchw,
+    progress_callback,
+)
 
 
 def first_sample_maps(result: MotionReward) -> torch.Tensor:
@@ -65,6 +73,7 @@ class MotionRewardNode(io.ComfyNode):
                     "variant", options=list(VARIANTS), default="code",
                     tooltip="code = the released MotionNFT training code (published numbers); paper = the printed formula.",
                 ),
+                *flow_model_inputs(),
             ],
             outputs=[
                 io.Float.Output(display_name="reward"),
@@ -76,11 +85,13 @@ class MotionRewardNode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, input_image, edited_image, target_image, backend, preset, variant) -> io.NodeOutput:
+    def execute(
+        cls, input_image, edited_image, target_image, backend, preset, variant, weights="auto", precision="fp32"
+    ) -> io.NodeOutput:
         source = image_to_bchw("input_image", input_image)
         edited = image_to_bchw("edited_image", edited_image)
         target = image_to_bchw("target_image", target_image)
-        estimator = create_estimator(backend, resolve_preset(preset))
+        estimator = flow_estimator(backend, preset, weights, precision)
         config = MotionRewardConfig(variant=variant)
         result = motion_reward(
             source, edited, target,

@@ -6,9 +6,14 @@ Every estimator maps two ``(B, 3, H, W)`` float batches in [0, 1] to a flow
     from motionnft.flow import estimate_flow, flow_to_color
     flow = estimate_flow(frame_a, frame_b, backend="dis", preset="medium")
     picture = flow_to_color(flow)
+
+Backends: ``dis`` (default) and ``farneback`` need no files; ``raft_large``, ``raft_small``
+and ``unimatch`` are learned networks that load published weights found by
+``motionnft.flow.weights`` (see ``available_backends()[name].weight_files``).
 """
 
 from .base import (
+    PRECISIONS,
     FlowBackend,
     FlowEstimator,
     ProgressCallback,
@@ -21,11 +26,26 @@ from .base import (
 )
 from .flo import read_flo, valid_flow_mask, write_flo
 from .opencv import DISFlow, FarnebackFlow
+from .raft import RAFT, RAFTFlow, convert_original_raft_state_dict
+from .unimatch import GMFlow, GMFlowConfig, GMFlowSettings, UniMatchFlow
 from .viz import color_wheel, draw_flow_arrows, flow_legend, flow_to_color
 from .warp import forward_backward_occlusion, pixel_grid, resize_flow, splat_forward, warp_backward
+from .weights import WeightsNotFoundError, add_weight_folders, find_weights, weight_folders
 
 __all__ = [
+    "PRECISIONS",
+    "RAFT",
     "DISFlow",
+    "GMFlow",
+    "GMFlowConfig",
+    "GMFlowSettings",
+    "RAFTFlow",
+    "UniMatchFlow",
+    "WeightsNotFoundError",
+    "add_weight_folders",
+    "convert_original_raft_state_dict",
+    "find_weights",
+    "weight_folders",
     "FarnebackFlow",
     "FlowBackend",
     "FlowEstimator",

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import abc
 import functools
+import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ClassVar
 
 import torch
@@ -77,9 +80,19 @@ def prepare_image_pair(
     return image1, image2.to(image1.device)
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""Compute precisions a learned backend may run at (``fp32`` is the reference)."""
+
+
 @dataclass(frozen=True)
 class FlowBackend:
-    """A registered flow backend: how to build it and which presets it offers."""
+    """A registered flow backend: how to build it and which presets it offers.
+
+    A backend without weights is built as ``factory(preset)``. One with
+    ``needs_weights=True`` is built as ``factory(preset, weights=path, precision=...,
+    device=...)``, where ``path`` is found by ``motionnft.flow.weights.find_weights``
+    among ``weight_files`` (the file names it accepts, preferred first) unless given.
+    """
 
     name: str
     factory: Callable[..., FlowEstimator]
@@ -87,6 +100,8 @@ class FlowBackend:
     default_preset: str
     needs_weights: bool = False
     description: str = ""
+    weight_files: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ("fp32",)
 
 
 _BACKENDS: dict[str, FlowBackend] = {}
@@ -98,6 +113,7 @@ def register_backend(backend: FlowBackend) -> None:
         raise ValueError(f"{backend.name}: default preset {backend.default_preset!r} not in {backend.presets}")
     _BACKENDS[backend.name] = backend
     _build_estimator.cache_clear()
+    _build_learned_estimator.cache_clear()
 
 
 def available_backends() -> dict[str, FlowBackend]:
@@ -115,10 +131,31 @@ def get_backend(name: str) -> FlowBackend:
         ) from None
 
 
-def create_estimator(backend: str = "dis", preset: str | None = None) -> FlowEstimator:
+def create_estimator(
+    backend: str = "dis",
+    preset: str | None = None,
+    *,
+    weights: str | os.PathLike | None = None,
+    precision: str | None = None,
+    device: str | torch.device | None = None,
+) -> FlowEstimator:
     """The estimator ``backend`` at ``preset``, built once and then reused.
 
-    ``preset=None`` takes the backend's default preset.
+    ``preset=None`` takes the backend's default preset. The keywords concern learned
+    backends (``FlowBackend.needs_weights``):
+
+    Args:
+        weights: a weight file's path, or a file name looked up in the weight folders
+            (``motionnft.flow.weights``); ``None`` takes the first of the backend's
+            expected files found there. Backends without weights refuse it.
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (autocast); the OpenCV
+            backends accept only ``None``/``"fp32"``.
+        device: where the network runs (``None``: on the images' device); the flow is
+            returned on the device of ``image1`` either way. CPU-only backends ignore it.
+    Raises:
+        ValueError for an unknown backend, preset or precision, or weights given to a
+        backend without weights; ``WeightsNotFoundError`` (a ``FileNotFoundError``) naming
+        every folder searched and the expected file names.
     """
     info = get_backend(backend)
     preset = info.default_preset if preset is None else preset
@@ -126,12 +163,46 @@ def create_estimator(backend: str = "dis", preset: str | None = None) -> FlowEst
         raise ValueError(
             f"flow backend {backend!r} has no preset {preset!r}: expected one of {', '.join(info.presets)}"
         )
-    return _build_estimator(backend, preset)
+    if precision is not None and precision not in info.precisions:
+        raise ValueError(
+            f"flow backend {backend!r} has no precision {precision!r}: expected one of {', '.join(info.precisions)}"
+        )
+    if not info.needs_weights:
+        if weights is not None:
+            raise ValueError(f"flow backend {backend!r} uses no weights, but weights={str(weights)!r} was given")
+        return _build_estimator(backend, preset)
+    from .weights import find_weights
+
+    path = find_weights(backend, info.weight_files, weights).resolve()
+    stamp = path.stat().st_mtime_ns
+    device_key = None if device is None else str(check_device(device))
+    return _build_learned_estimator(backend, preset, str(path), stamp, precision or "fp32", device_key)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, refusing (ValueError) a malformed name or CUDA where torch has none."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: CUDA is not available to this torch ({torch.__version__})")
+    return device
 
 
 @functools.lru_cache(maxsize=16)
 def _build_estimator(backend: str, preset: str) -> FlowEstimator:
     return _BACKENDS[backend].factory(preset)
+
+
+@functools.lru_cache(maxsize=4)
+def _build_learned_estimator(
+    backend: str, preset: str, path: str, stamp: int, precision: str, device: str | None
+) -> FlowEstimator:
+    # ``stamp`` (the file's mtime) is part of the key so a replaced file is loaded again.
+    estimator = _BACKENDS[backend].factory(preset, weights=Path(path), precision=precision, device=device)
+    logging.getLogger(__name__).info("flow backend %s: loaded %s (%s)", backend, path, estimator)
+    return estimator
 
 
 def estimate_flow(
@@ -140,6 +211,10 @@ def estimate_flow(
     backend: str = "dis",
     preset: str | None = None,
     progress: ProgressCallback | None = None,
+    **options,
 ) -> torch.Tensor:
-    """``create_estimator(backend, preset)(image1, image2)``: flow ``(B, 2, H, W)`` in pixels."""
-    return create_estimator(backend, preset)(image1, image2, progress)
+    """``create_estimator(backend, preset, **options)(image1, image2)``: flow ``(B, 2, H, W)`` in pixels.
+
+    ``options`` are ``create_estimator``'s keywords (``weights``, ``precision``, ``device``).
+    """
+    return create_estimator(backend, preset, **options)(image1, image2, progress)

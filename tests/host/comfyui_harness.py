@@ -59,9 +59,16 @@ def _free_port() -> int:
 class ComfyUIServer:
     """A ComfyUI process on loopback with this pack installed, and a small HTTP client."""
 
-    def __init__(self, comfyui_dir: Path, base_dir: Path, extra_custom_nodes: dict[str, Path] | None = None):
+    def __init__(
+        self,
+        comfyui_dir: Path,
+        base_dir: Path,
+        extra_custom_nodes: dict[str, Path] | None = None,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.comfyui_dir = comfyui_dir
         self.base_dir = base_dir
+        self.extra_args = tuple(extra_args)  # more command-line arguments for main.py
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base_dir / "comfyui.log"
@@ -92,8 +99,13 @@ class ComfyUIServer:
             "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--base-directory", str(self.base_dir),
             "--disable-auto-launch", "--disable-api-nodes",
+            *self.extra_args,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # Flow weights only from this temporary base: not from the user's torch hub cache
+        # or MOTIONNFT_FLOW_WEIGHTS folders.
+        env["TORCH_HOME"] = str(self.base_dir / "torch_home")
+        env.pop("MOTIONNFT_FLOW_WEIGHTS", None)
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             command, cwd=self.comfyui_dir, stdout=self._log, stderr=subprocess.STDOUT, env=env
