@@ -13,6 +13,10 @@ from pathlib import Path
 from . import __version__
 
 
+FLOW_OPTIONS = ("backend", "preset", "weights", "precision", "device")
+"""The options :func:`_flow_arguments` adds, named as ``create_estimator``'s arguments."""
+
+
 def _flow_arguments(parser: argparse.ArgumentParser) -> None:
     from .flow import PRECISIONS, available_backends
 
@@ -243,7 +247,7 @@ def _command_eval(args) -> int:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     dataset = open_dataset(args.dataset)
     systems = _edit_folders(args.edits)
-    evaluation = EvaluationConfig(backend=args.backend, preset=args.preset, reward=config, mas=mas,
+    evaluation = EvaluationConfig(**{name: getattr(args, name) for name in FLOW_OPTIONS}, reward=config, mas=mas,
                                   win_by=args.win_by, tie_tolerance=args.tie_tolerance)
     samples = list(dataset)[: args.limit]
     print(f"dataset: {dataset.root} ({dataset.layout} layout), evaluating {len(samples)} of {len(dataset)} samples")
@@ -349,7 +353,7 @@ def _mining_arguments(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("sampling and thresholds (defaults in brackets)")
     for spec in dataclasses.fields(MiningConfig):
-        if spec.name in ("backend", "preset"):
+        if spec.name in FLOW_OPTIONS:
             continue  # from _flow_arguments
         flag = "--" + spec.name.replace("_", "-")
         help_text = f"{spec.metadata['help']} [{spec.default}]"
@@ -368,8 +372,8 @@ def _mining_config(args):
     from .mining import MiningConfig
 
     overrides = {spec.name: getattr(args, spec.name) for spec in dataclasses.fields(MiningConfig)
-                 if spec.name not in ("backend", "preset") and getattr(args, spec.name) is not None}
-    return MiningConfig(backend=args.backend, preset=args.preset, **overrides)
+                 if spec.name not in FLOW_OPTIONS and getattr(args, spec.name) is not None}
+    return MiningConfig(**{name: getattr(args, name) for name in FLOW_OPTIONS}, **overrides)
 
 
 def _command_mine(args) -> int:

@@ -165,6 +165,10 @@ class EvaluationConfig:
 
     backend: str = "dis"
     preset: str | None = None
+    weights: str | None = None
+    """Weight file of a learned flow backend (path or file name; see :func:`motionnft.flow.create_estimator`)."""
+    precision: str | None = None
+    device: str | None = None
     reward: MotionRewardConfig = DEFAULT_REWARD_CONFIG
     mas: MASConfig = field(default_factory=MASConfig)
     win_by: str = "auto"
@@ -187,8 +191,13 @@ class EvaluationConfig:
 
     def constants(self, estimator: FlowEstimator | None = None) -> dict:
         preset = getattr(estimator, "preset", None) or self.preset
+        flow = {"backend": self.backend, "preset": preset}
+        weights = getattr(estimator, "weights", None)
+        if weights is not None:
+            # The file (not the folder it was found in) decides the scores.
+            flow.update(weights=Path(weights).name, precision=getattr(estimator, "precision", "fp32"))
         return {
-            "flow": {"backend": self.backend, "preset": preset},
+            "flow": flow,
             "reward": asdict(self.reward),
             "mas": asdict(self.mas),
             "win": {"by": self.win_by, "tie_tolerance": self.tie_tolerance},
@@ -229,7 +238,8 @@ def evaluate(
             instruction) -> {"fidelity", "preservation", "coherence"}`` in [0, 1]
             (:class:`motionnft.judge.JudgeClient`); its ``max_concurrency`` (default 1)
             samples are judged at once while the flow of the next ones is computed.
-        estimator: a ready flow estimator; default ``create_estimator(config.backend, config.preset)``.
+        estimator: a ready flow estimator; default: the one ``config``'s backend, preset,
+            weights, precision and device describe.
         limit: evaluate only the first ``limit`` samples.
         restart: discard earlier results in ``out_dir`` instead of resuming.
 
@@ -266,7 +276,9 @@ def evaluate(
             )
         if hasattr(judge, "resolve_model"):
             judge.resolve_model()
-    estimator = estimator if estimator is not None else create_estimator(config.backend, config.preset)
+    if estimator is None:
+        estimator = create_estimator(config.backend, config.preset, weights=config.weights,
+                                     precision=config.precision, device=config.device)
 
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -603,7 +615,9 @@ def render_table(summary: dict) -> str:
         lines.append("- Fidelity, Preservation, Coherence, Overall: – (no judge configured).")
     lines.append(f"- MAS: 0–100 with alpha={mas['alpha']:g}, d_min={mas['d_min']:.6g}, d_max={mas['d_max']:g}, "
                  f"0 when the edit moves less than {mas['hard_failure_ratio']:g}x the ground truth; flow "
-                 f"`{flow['backend']}` preset `{flow['preset'] or 'default'}`; reward terms variant "
+                 f"`{flow['backend']}` preset `{flow['preset'] or 'default'}`"
+                 + (f" weights `{flow['weights']}` ({flow['precision']})" if flow.get("weights") else "")
+                 + "; reward terms variant "
                  f"`{constants['reward']['variant']}`.")
     win = summary["win_rule"]
     metric = "judge Overall" if win["metric"] == "overall" else "MAS"

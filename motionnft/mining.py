@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from .files import atomic_write
-from .flow import FlowEstimator, create_estimator, forward_backward_occlusion, get_backend
+from .flow import PRECISIONS, FlowEstimator, create_estimator, forward_backward_occlusion, get_backend
 from .video import (TimeSampler, VideoFrame, VideoSource, frame_to_tensor, probe_video, sample_frames,
                     source_fingerprint)
 
@@ -83,6 +83,11 @@ class MiningConfig:
     output_max_side: int = _setting(0, "long side in pixels of the saved pairs; 0 = the video's own size", low=0)
     backend: str = _setting("dis", "optical-flow backend (see motionnft.flow.available_backends())")
     preset: str | None = _setting(None, "flow backend preset (default: the backend's default)")
+    weights: str | None = _setting(None, "weight file of a learned flow backend: a path or a file name in the weight "
+                                   "folders (default: the backend's preferred file found there)")
+    precision: str | None = _setting(None, "compute precision of a learned flow backend (default fp32)",
+                                     choices=PRECISIONS)
+    device: str | None = _setting(None, "device of a learned flow backend, e.g. cuda (default cpu)")
     chain_flow: bool = _setting(True, "follow each pixel through the window's analysed frames (flow between "
                                 "consecutive samples, composed): large motions stay measurable with DIS; false = "
                                 "one direct flow between the window's ends")
@@ -578,7 +583,8 @@ class PairMiner:
         judge: ``None``, or an object with ``rate_mining_criteria(input, target) -> dict`` and
             ``draft_instruction(input, target) -> str`` (images ``(1, 3, H, W)`` in [0, 1]).
             It sees only the pairs the automatic filters keep.
-        estimator: a flow estimator; default ``create_estimator(config.backend, config.preset)``.
+        estimator: a flow estimator; default: the one ``config``'s backend, preset, weights,
+            precision and device describe (:func:`motionnft.flow.create_estimator`).
         previews: attach small preview pictures to every result (for contact sheets).
     """
 
@@ -587,7 +593,10 @@ class PairMiner:
         self.config = config or MiningConfig()
         check_judge(judge)
         self.judge = judge
-        self.estimator = estimator or create_estimator(self.config.backend, self.config.preset)
+        self.estimator = estimator or create_estimator(
+            self.config.backend, self.config.preset,
+            weights=self.config.weights, precision=self.config.precision, device=self.config.device,
+        )
         self.previews = previews
         self.existing: dict[str, Any] = {}
         """Samples already in the output dataset by id (their metrics and prompts are reported)."""

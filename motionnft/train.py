@@ -82,6 +82,8 @@ class TrainConfig:
     rollout_batch_size: int = 8
     flow_backend: str = "dis"
     flow_preset: str = ""
+    flow_weights: str = ""
+    flow_precision: str = ""
     reward_variant: str = "code"
     judge_url: str = ""
     judge_model: str = ""
@@ -118,6 +120,7 @@ class TrainConfig:
     sample_grid_every: int = 10
 
     def validate(self) -> "TrainConfig":
+        from .flow import PRECISIONS
         from .models import MODEL_KINDS
         from .sampling import SAMPLERS
 
@@ -134,6 +137,8 @@ class TrainConfig:
         need(self.rollouts_per_prompt >= 2, "rollouts_per_prompt must be >= 2 (advantages compare rollouts)")
         need(self.save_every >= 0 and self.keep_checkpoints >= 1, "save_every >= 0 and keep_checkpoints >= 1")
         need(self.reward_variant in ("code", "paper"), f"reward_variant {self.reward_variant!r}: expected code or paper")
+        need(self.flow_precision in ("", *PRECISIONS),
+             f"flow_precision {self.flow_precision!r}: expected one of {', '.join(PRECISIONS)} (or \"\" for fp32)")
         return self
 
     def nft(self):
@@ -505,7 +510,7 @@ class Trainer:
                            api_key=os.environ.get(self.config.judge_api_key_env) or None)
 
     def _build(self, model=None) -> None:
-        from .flow import create_estimator
+        from .flow import create_estimator, get_backend
         from .models import build_model
         from .reward import MotionRewardConfig
 
@@ -546,7 +551,12 @@ class Trainer:
         self.data = open_training_data(config)
         self.cursor = PromptCursor([s.id for s in self.data], config.seed)
         self.cache: OrderedDict[int, PromptEntry] = OrderedDict()
-        self.estimator = create_estimator(config.flow_backend, config.flow_preset or None)
+        self.estimator = create_estimator(
+            config.flow_backend, config.flow_preset or None, weights=config.flow_weights or None,
+            precision=config.flow_precision or None,
+            # A learned flow network runs where the policy does; the OpenCV backends ignore it.
+            device=self.accelerator.device if get_backend(config.flow_backend).needs_weights else None,
+        )
         self.reward_config = MotionRewardConfig(variant=config.reward_variant)
         self.size = (config.resolution, config.resolution)
         self.sigmas = self.model.sigmas(config.sampling_steps, self.size)

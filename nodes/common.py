@@ -113,7 +113,9 @@ def flow_estimator(backend: str, preset: str, weights: str = WEIGHTS_AUTO, preci
             logging.info("MotionNFT: backend %s uses no weights; %s ignored", backend, weights)
         return create_estimator(backend, resolve_preset(preset))
     path = None
-    if weights != WEIGHTS_AUTO:
+    if os.path.isabs(weights) and os.path.isfile(weights):
+        path = weights  # a full path typed in a text setting (the miner's overrides)
+    elif weights != WEIGHTS_AUTO:
         path = folder_paths.get_full_path(FLOW_FOLDER, weights)
         if path is None:
             listing = "\n".join(f"  - {folder}" for folder in _flow_folders())

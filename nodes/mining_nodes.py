@@ -13,7 +13,18 @@ from comfy_execution.graph_utils import ExecutionBlocker
 
 from ..motionnft.mining import PAIRINGS, MiningConfig, MiningSummary, frames_source, mine, video_source
 from ..motionnft.report import render_contact_sheet
-from .common import CATEGORY, bchw_to_image, flow_inputs, image_to_bchw, progress_callback, resolve_preset
+from .common import (
+    CATEGORY,
+    PRESET_AUTO,
+    WEIGHTS_AUTO,
+    bchw_to_image,
+    flow_estimator,
+    flow_inputs,
+    flow_model_inputs,
+    image_to_bchw,
+    progress_callback,
+    resolve_preset,
+)
 
 DEFAULTS = MiningConfig()
 
@@ -121,6 +132,7 @@ class MinePairs(io.ComfyNode):
                              "dataset folder receives all of them)."),
                 io.Boolean.Input("show_rejected", default=True,
                                  tooltip="Also draw rejected pairs, with their reasons, on the contact sheet."),
+                *flow_model_inputs(),
             ],
             outputs=[
                 io.Image.Output(display_name="input_images"),
@@ -134,7 +146,8 @@ class MinePairs(io.ComfyNode):
     @classmethod
     def execute(cls, fps, window_seconds, pairing, stride_seconds, sample_fps, analysis_size, backend, preset,
                 max_camera_motion, min_motion, max_occlusion, overrides, dataset_name, max_pairs, show_rejected,
-                video=None, images=None, judge_server_url="", judge_model="") -> io.NodeOutput:
+                video=None, images=None, judge_server_url="", judge_model="", weights=WEIGHTS_AUTO,
+                precision="fp32") -> io.NodeOutput:
         widgets = dict(
             window_seconds=window_seconds, pairing=pairing, stride_seconds=stride_seconds or None,
             sample_fps=sample_fps, analysis_size=analysis_size, backend=backend, preset=resolve_preset(preset),
@@ -147,8 +160,11 @@ class MinePairs(io.ComfyNode):
         judge = judge_client(judge_server_url, judge_model)
         summary = MiningSummary()
         kept, rejected = [], []
-        for result in mine([source], config, out=out, judge=judge, progress=progress_callback(1), summary=summary,
-                           previews=True):
+        # Flow settings in the overrides box win over the widgets too.
+        estimator = flow_estimator(config.backend, config.preset or PRESET_AUTO, config.weights or weights,
+                                   config.precision or precision)
+        for result in mine([source], config, out=out, judge=judge, estimator=estimator, progress=progress_callback(1),
+                           summary=summary, previews=True):
             if result.kept and len(kept) < max_pairs:
                 kept.append(result)
             elif not result.kept and show_rejected and len(rejected) < max_pairs:

@@ -107,3 +107,18 @@ def reference_code(*folders: Path, fresh: tuple[str, ...] = ()):
         for folder in added:
             sys.path.remove(folder)
         purge()
+
+
+def weight_folder(tmp_path: Path, monkeypatch) -> Path:
+    """``tmp_path/flow_weights`` holding ``raft-small.pth`` (torchvision layout) and
+    ``gmflow-scale1-things-e9887eda.pth`` (UniMatch layout), both random, made the one weight
+    folder searched ($MOTIONNFT_FLOW_WEIGHTS; torch hub pointed at an empty folder)."""
+    from motionnft.flow.weights import WEIGHTS_ENV
+
+    folder = tmp_path / "flow_weights"
+    folder.mkdir()
+    torch.save(seeded_state_dict(load_layout("raft_small_torchvision"), 1), folder / "raft-small.pth")
+    torch.save({"model": seeded_state_dict(load_layout("gmflow_scale1"), 1)}, folder / "gmflow-scale1-things-e9887eda.pth")
+    monkeypatch.setenv(WEIGHTS_ENV, str(folder))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    return folder

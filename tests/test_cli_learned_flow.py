@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from learned_flow_fixtures import load_layout, seeded_state_dict
+from learned_flow_fixtures import weight_folder
 from motionnft.cli import main
 from motionnft.flow import read_flo
 from motionnft.flow.weights import WEIGHTS_ENV
@@ -27,13 +27,7 @@ def pair(tmp_path):
 @pytest.fixture
 def weights_dir(tmp_path, monkeypatch):
     """A folder in $MOTIONNFT_FLOW_WEIGHTS with RAFT small and UniMatch files; torch hub isolated."""
-    folder = tmp_path / "flow_weights"
-    folder.mkdir()
-    torch.save(seeded_state_dict(load_layout("raft_small_torchvision"), 1), folder / "raft-small.pth")
-    torch.save({"model": seeded_state_dict(load_layout("gmflow_scale1"), 1)}, folder / "gmflow-scale1-things-e9887eda.pth")
-    monkeypatch.setenv(WEIGHTS_ENV, str(folder))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    return folder
+    return weight_folder(tmp_path, monkeypatch)
 
 
 def test_flow_runs_a_learned_backend_from_a_weights_path(pair, tmp_path, capsys, weights_dir):
