@@ -75,3 +75,16 @@ def gru_step(convz: nn.Module, convr: nn.Module, convq: nn.Module, hidden: torch
     reset = torch.sigmoid(convr(joint))
     candidate = torch.tanh(convq(torch.cat((reset * hidden, inputs), dim=1)))
     return (1 - update) * hidden + update * candidate
+
+
+class FlowHead(nn.Module):
+    """Two 3×3 convolutions with a ReLU between: features ``(N, channels, h, w)`` -> flow ``(N, 2, h, w)``
+    (RAFT's flow head and GMFlow's refinement head)."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, hidden, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(F.relu(self.conv1(x)))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import PRECISIONS, FlowBackend, register_backend
-from .layers import ConvGRUCell, bilinear_upsample_flow, convex_upsample, sample_at_pixels
+from .layers import ConvGRUCell, FlowHead, bilinear_upsample_flow, convex_upsample, sample_at_pixels
 from .learned import TorchFlowEstimator, check_state_dict_keys, state_dict_from
 from .warp import pixel_grid
 
@@ -178,16 +178,6 @@ class RecurrentBlock(nn.Module):
     def forward(self, hidden, x):
         hidden = self.convgru1(hidden, x)
         return hidden if self.convgru2 is None else self.convgru2(hidden, x)
-
-
-class FlowHead(nn.Module):
-    def __init__(self, channels: int, hidden: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, hidden, 3, padding=1)
-        self.conv2 = nn.Conv2d(hidden, 2, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv2(F.relu(self.conv1(x)))
 
 
 class UpdateBlock(nn.Module):

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import PRECISIONS, FlowBackend, register_backend
-from .layers import convex_upsample, gru_step
+from .layers import FlowHead, convex_upsample, gru_step
 from .learned import TorchFlowEstimator, check_state_dict_keys, state_dict_from
 from .warp import pixel_grid, warp_backward
 
@@ -365,16 +365,6 @@ class SeparableGRU(nn.Module):
         return gru_step(self.convz2, self.convr2, self.convq2, hidden, inputs)
 
 
-class RefinementHead(nn.Module):
-    def __init__(self, channels: int, hidden: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, hidden, 3, padding=1)
-        self.conv2 = nn.Conv2d(hidden, 2, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv2(F.relu(self.conv1(x)))
-
-
 class RegressionRefiner(nn.Module):
     """One recurrent step: correlations around the current flow -> a residual flow and upsampling logits."""
 
@@ -382,7 +372,7 @@ class RegressionRefiner(nn.Module):
         super().__init__()
         self.encoder = MotionEncoder((2 * REFINE_RADIUS + 1) ** 2)
         self.gru = SeparableGRU(hidden, context + hidden)
-        self.flow_head = RefinementHead(hidden, 256)
+        self.flow_head = FlowHead(hidden, 256)
         self.mask = nn.Sequential(
             nn.Conv2d(hidden, 256, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(256, upsample_factor**2 * 9, 1)
         )
