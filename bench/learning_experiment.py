@@ -105,9 +105,10 @@ def x0_error(model, dataset, size, t: float, seed: int) -> tuple[float, float]:
 
 @torch.no_grad()
 def evaluate(model, dataset, size, rollouts: int, steps: int, seed: int, estimator) -> dict:
-    """Per-prompt mean MAS / motion reward of ``rollouts`` samples per held-out prompt (fixed noise)."""
+    """Per-prompt means over ``rollouts`` samples per held-out prompt (fixed noise): MAS, motion
+    reward, and ``moved``, the share of rollouts nearer (pixel MSE) the ground truth than the input."""
     sigmas = model.sigmas(steps, size)
-    mas, reward, continuous, images = [], [], [], []
+    mas, reward, continuous, moved, images = [], [], [], [], []
     for index, item in enumerate(dataset):
         input_image, target_image = item.input_image(), item.target_image()
         condition = model.encode_condition(item.prompt, input_image, size).repeat(rollouts)
@@ -118,9 +119,12 @@ def evaluate(model, dataset, size, rollouts: int, steps: int, seed: int, estimat
         mas.append(float(result.mas.score.mean()))
         reward.append(float(result.reward.float().mean()))
         continuous.append(float(result.reward_continuous.float().mean()))
+        to_target = (edits - target_image).pow(2).flatten(1).mean(1)
+        to_input = (edits - input_image).pow(2).flatten(1).mean(1)
+        moved.append(float((to_target < to_input).float().mean()))
         if index < 6:
             images.append(edits[:2])
-    return {"mas": mas, "reward": reward, "reward_continuous": continuous, "grid": images}
+    return {"mas": mas, "reward": reward, "reward_continuous": continuous, "moved": moved, "grid": images}
 
 
 def mean_and_error(values: list[float]) -> tuple[float, float]:
@@ -134,7 +138,7 @@ def mean_and_error(values: list[float]) -> tuple[float, float]:
 def summary(before: dict, after: dict) -> dict:
     """Means of ``after`` and paired per-prompt changes from ``before``, each ± standard error."""
     out = {}
-    for key in ("mas", "reward", "reward_continuous"):
+    for key in ("mas", "reward", "reward_continuous", "moved"):
         out[key] = mean_and_error(after[key])
         out[key + "_change"] = mean_and_error([a - b for a, b in zip(after[key], before[key])])
     return out
@@ -306,7 +310,7 @@ def markdown(numbers: dict, command: str, config) -> str:
     n = cfg["heldout_samples"]
     rows = [f"| pre-trained (before) | {before['mas'][0]:.2f} ± {before['mas'][1]:.2f} | | "
             f"{before['reward'][0]:.3f} ± {before['reward'][1]:.3f} | | "
-            f"{before['reward_continuous'][0]:.4f} | |"]
+            f"{before['reward_continuous'][0]:.4f} | | {before['moved'][0]:.3f} | |"]
     labels = {"nft": "after MotionNFT (motion reward)", "control": "after control (shuffled rewards)"}
     for name, run in numbers["runs"].items():
         s = run["summary"]
@@ -315,7 +319,8 @@ def markdown(numbers: dict, command: str, config) -> str:
                     f"{s['reward'][0]:.3f} ± {s['reward'][1]:.3f} | "
                     f"{s['reward_change'][0]:+.3f} ± {s['reward_change'][1]:.3f} | "
                     f"{s['reward_continuous'][0]:.4f} | {s['reward_continuous_change'][0]:+.4f} ± "
-                    f"{s['reward_continuous_change'][1]:.4f} |")
+                    f"{s['reward_continuous_change'][1]:.4f} | {s['moved'][0]:.3f} | "
+                    f"{s['moved_change'][0]:+.3f} ± {s['moved_change'][1]:.3f} |")
     nft_minutes = sum(run["seconds"] for run in numbers["runs"].values()) / 60
     columns = " + ".join(["input", "ground truth", "2 rollouts before"]
                          + [f"2 after {'MotionNFT' if k == 'nft' else 'the control'}" for k in numbers["runs"]])
@@ -339,10 +344,12 @@ def markdown(numbers: dict, command: str, config) -> str:
         f"lr {config.learning_rate:g}, motion reward only (flow: {config.flow_backend} "
         f"{config.flow_preset or 'default'}). Control: the same run with each prompt group's rewards randomly "
         f"permuted. Held-out: {n} prompts on unseen scenes × {cfg['eval_rollouts']} rollouts, the same noise for "
-        f"every model; ± is the standard error over the {n} prompts (changes: paired per prompt).",
+        f"every model; ± is the standard error over the {n} prompts (changes: paired per prompt). *Moved*: the "
+        f"share of rollouts nearer (pixel MSE) the ground truth than the input image.",
         "",
-        "| held-out | MAS | MAS change | motion reward | reward change | continuous reward | continuous change |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| held-out | MAS | MAS change | motion reward | reward change | continuous reward | continuous change "
+        "| moved | moved change |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         "![training curve](images/learning_curve.png)",
