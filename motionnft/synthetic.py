@@ -277,18 +277,27 @@ MOTION_INSTRUCTIONS = {
 """The built-in motion task: instruction text and the pose change it asks for."""
 
 
-def motion_edit_dataset(count: int = 64, size: int = 64, seed: int = 0, scenes: int = 8):
+def motion_edit_dataset(count: int = 64, size: int = 64, seed: int = 0, scenes: int = 8,
+                        motions: tuple[str, ...] | None = None, partial_share: float = 0.0,
+                        partial_scale: float = 0.0, first_scene: int = 0):
     """A synthetic motion-editing dataset: figures moved as an instruction says.
 
     Each sample draws a figure at a random place and arm angle over one of ``scenes``
-    backgrounds, picks an instruction of :data:`MOTION_INSTRUCTIONS` that the pose allows
-    (the arm is raised only when low, lowered only when high, steps stay in the frame)
-    and renders the target with exactly that motion. Deterministic in ``seed``.
+    backgrounds (scene numbers ``first_scene … first_scene + scenes − 1``; disjoint ranges
+    give disjoint backgrounds and textures), picks an instruction of :data:`MOTION_INSTRUCTIONS` (or of its subset
+    ``motions``) that the pose allows (the arm is raised only when low, lowered only when
+    high, steps stay in the frame) and renders the target with exactly that motion.
+    Deterministic in ``seed``.
+
+    ``partial_share`` of the samples (drawn at random) get a target that carries only
+    ``partial_scale`` of the instructed motion (0: the target is the input) — a dataset
+    whose pairs under-move, as mined or generated pairs sometimes do. Their ``extra``
+    says ``motion_scale``; the instruction and ``goal`` stay the instructed ones.
 
     Returns:
         an :class:`~motionnft.data.EditDataset` (layout ``"synthetic"``) whose samples
         hold PNG bytes, so they behave as a dataset read from disk; ``extra`` carries
-        the instruction key and the two poses.
+        the instruction key, the two poses and the share of the motion the target shows.
     """
     import io
 
@@ -297,6 +306,13 @@ def motion_edit_dataset(count: int = 64, size: int = 64, seed: int = 0, scenes: 
 
     if count < 1 or size < 32:
         raise ValueError(f"motion_edit_dataset: need count >= 1 and size >= 32, got {count}, {size}")
+    kinds = tuple(MOTION_INSTRUCTIONS) if motions is None else tuple(motions)
+    unknown = [k for k in kinds if k not in MOTION_INSTRUCTIONS]
+    if unknown or not kinds:
+        raise ValueError(f"motion_edit_dataset: motions {list(kinds)}: expected a non-empty subset of "
+                         f"{', '.join(MOTION_INSTRUCTIONS)}")
+    if not 0.0 <= partial_share <= 1.0:
+        raise ValueError(f"motion_edit_dataset: partial_share must be in [0, 1], got {partial_share}")
     generator = torch.Generator().manual_seed(seed)
 
     def uniform(low: float, high: float) -> float:
@@ -308,21 +324,27 @@ def motion_edit_dataset(count: int = 64, size: int = 64, seed: int = 0, scenes: 
         return buffer.getvalue()
 
     samples = []
-    for index in range(count):
-        scene = int(torch.randint(scenes, (1,), generator=generator))
+    while len(samples) < count:
+        scene = first_scene + int(torch.randint(scenes, (1,), generator=generator))
         start = FigurePose(x=uniform(0.3, 0.7), y=uniform(0.58, 0.66), arm_angle=uniform(10.0, 140.0))
-        allowed = [key for key, (_, change) in MOTION_INSTRUCTIONS.items()
-                   if 5.0 <= start.arm_angle + change.get("arm", 0.0) <= 160.0
-                   and 0.2 <= start.x + change.get("dx", 0.0) <= 0.8]
+        allowed = [key for key in kinds
+                   if 5.0 <= start.arm_angle + MOTION_INSTRUCTIONS[key][1].get("arm", 0.0) <= 160.0
+                   and 0.2 <= start.x + MOTION_INSTRUCTIONS[key][1].get("dx", 0.0) <= 0.8]
+        if not allowed:  # e.g. only "raise" and the arm is already high: pick another pose
+            continue
         key = allowed[int(torch.randint(len(allowed), (1,), generator=generator))]
         instruction, change = MOTION_INSTRUCTIONS[key]
         goal = start.moved(**change)
+        scale = 1.0
+        if partial_share > 0 and float(torch.rand(1, generator=generator)) < partial_share:
+            scale = partial_scale
+        shown = start.moved(**{name: value * scale for name, value in change.items()})
         samples.append(EditSample(
-            id=f"synthetic-{index:05d}", prompt=instruction,
+            id=f"synthetic-{len(samples):05d}", prompt=instruction,
             input_source=png(render_scene(start, (size, size), scene)),
-            target_source=png(render_scene(goal, (size, size), scene)),
+            target_source=png(render_scene(shown, (size, size), scene)),
             category="pose/posture" if key in ("raise", "lower") else "locomotion/distance",
-            extra={"motion": key, "scene": scene, "start": vars(start), "goal": vars(goal)},
+            extra={"motion": key, "scene": scene, "start": vars(start), "goal": vars(goal), "motion_scale": scale},
         ))
     from pathlib import Path
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from motionnft.image import center_crop_resize
-from motionnft.synthetic import MOTION_INSTRUCTIONS, FigurePose, motion_edit_dataset, scene_flow
+from motionnft.synthetic import MOTION_INSTRUCTIONS, FigurePose, motion_edit_dataset, render_scene, scene_flow
 
 
 def test_centre_crop_keeps_the_middle_window_of_the_target_aspect():
@@ -41,3 +42,29 @@ def test_the_synthetic_dataset_moves_each_figure_as_its_instruction_says():
             assert mean_dx < -2
         assert sample.input_image().shape == (1, 3, 64, 64)
         assert not torch.equal(sample.input_image(), sample.target_image())
+
+
+def test_the_synthetic_dataset_can_under_move_a_share_of_its_targets():
+    dataset = motion_edit_dataset(16, size=32, seed=2, motions=("raise", "right"), partial_share=0.5,
+                                  partial_scale=0.5, first_scene=100, scenes=3)
+    scales = [sample.extra["motion_scale"] for sample in dataset]
+    assert set(scales) == {0.5, 1.0}  # both kinds occur in 16 draws of a fair coin (seeded)
+    for sample in dataset:
+        assert sample.extra["motion"] in ("raise", "right") and 100 <= sample.extra["scene"] <= 102
+        instruction, change = MOTION_INSTRUCTIONS[sample.extra["motion"]]
+        start = FigurePose(**sample.extra["start"])
+        # the instruction and the goal are the full motion; the target shows its given share
+        assert sample.prompt == instruction and FigurePose(**sample.extra["goal"]) == start.moved(**change)
+        shown = start.moved(**{k: v * sample.extra["motion_scale"] for k, v in change.items()})
+        expected = render_scene(shown, (32, 32), sample.extra["scene"])
+        assert (sample.target_image() - expected).abs().max() <= 1 / 255 + 1e-6  # PNG rounding only
+
+    still = motion_edit_dataset(6, size=32, seed=2, partial_share=1.0, partial_scale=0.0)
+    assert all(s.extra["motion_scale"] == 0.0 and torch.equal(s.input_image(), s.target_image()) for s in still)
+
+
+def test_the_synthetic_dataset_rejects_unknown_motions_and_shares_outside_0_1():
+    with pytest.raises(ValueError, match="jump"):
+        motion_edit_dataset(2, size=32, motions=("raise", "jump"))
+    with pytest.raises(ValueError, match="partial_share"):
+        motion_edit_dataset(2, size=32, partial_share=1.5)
