@@ -97,11 +97,13 @@ def test_loading_names_the_places_it_looked(tmp_path):
         build_model("sdxl")
 
 
-def test_trained_tiny_kontext_is_at_least_as_wide_as_its_tokens():
+@pytest.mark.parametrize(("kind", "embedder_name"), [("tiny_flux_kontext", "x_embedder"),
+                                                     ("tiny_qwen_image_edit", "img_in")])
+def test_trained_tiny_models_are_at_least_as_wide_as_their_tokens(kind, embedder_name):
     # A narrower transformer projects the noisy tokens into fewer dimensions than they
     # have: the discarded noise cannot be predicted, so x0-predictions stay noisy however
     # long it trains. The demo size is the one the tiny preset and the learning bench train.
-    model = build_model("tiny_flux_kontext", tiny_size="demo", dtype=torch.float32)
-    embedder = model.transformer.x_embedder
+    model = build_model(kind, tiny_size="demo", dtype=torch.float32)
+    embedder = getattr(model.transformer, embedder_name)
     assert embedder.in_features == model.token_channels() == 192
     assert embedder.out_features >= embedder.in_features

@@ -50,7 +50,7 @@ def build_model(kind: str, path=None, transformer_file=None, dtype: torch.dtype 
         return model
     from .qwen_image_edit import tiny_qwen_image_edit
 
-    return tiny_qwen_image_edit(seed, plus=kind.endswith("plus"), codec=tiny_codec)
+    return tiny_qwen_image_edit(seed, plus=kind.endswith("plus"), codec=tiny_codec, size=tiny_size)
 
 
 __all__ = ["MODEL_KINDS", "Condition", "EditModel", "LatentCodec", "PatchCodec", "build_model", "pack_latents",

@@ -124,12 +124,23 @@ def load_qwen_image_edit(path: str | os.PathLike | None, transformer_file: str |
     return model
 
 
-def tiny_qwen_image_edit(seed: int = 0, plus: bool = False, codec: str = "patch") -> QwenImageEditModel:
+TINY_QWEN_SIZES = {
+    # name: (layers, heads, head dim, rope axes)
+    "test": (2, 2, 16, (8, 4, 4)),
+    # Trained like the tiny Kontext's demo size, so as wide as its 192-channel tokens.
+    "demo": (2, 8, 32, (8, 12, 12)),
+}
+
+
+def tiny_qwen_image_edit(seed: int = 0, plus: bool = False, codec: str = "patch", size: str = "demo") -> QwenImageEditModel:
     """A Qwen-Image-Edit(-Plus) with the real classes at toy sizes and random weights.
 
     ``codec="vae"`` uses a tiny random ``AutoencoderKLQwenImage``; ``"patch"`` the exact
-    4×4 pixel-patch codec.
+    4×4 pixel-patch codec. ``size`` is a key of :data:`TINY_QWEN_SIZES`.
     """
+    if size not in TINY_QWEN_SIZES:
+        raise ValueError(f"tiny size {size!r}: expected one of {', '.join(TINY_QWEN_SIZES)}")
+    layers, heads, head_dim, rope_axes = TINY_QWEN_SIZES[size]
     with quiet_transformers():
         from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
 
@@ -147,9 +158,9 @@ def tiny_qwen_image_edit(seed: int = 0, plus: bool = False, codec: str = "patch"
     text_width = 16
     torch.manual_seed(seed)
     transformer = QwenImageTransformer2DModel(
-        patch_size=2, in_channels=latent_codec.channels * 4, out_channels=latent_codec.channels, num_layers=2,
-        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=text_width, guidance_embeds=False,
-        axes_dims_rope=(8, 4, 4),
+        patch_size=2, in_channels=latent_codec.channels * 4, out_channels=latent_codec.channels, num_layers=layers,
+        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=text_width, guidance_embeds=False,
+        axes_dims_rope=rope_axes,
     )
     encoder, processor = tiny_qwen_vl(seed + 2, text_width)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
