@@ -510,7 +510,7 @@ class Trainer:
                            api_key=os.environ.get(self.config.judge_api_key_env) or None)
 
     def _build(self, model=None) -> None:
-        from .flow import create_estimator, get_backend
+        from .flow import create_estimator
         from .models import build_model
         from .reward import MotionRewardConfig
 
@@ -555,7 +555,7 @@ class Trainer:
             config.flow_backend, config.flow_preset or None, weights=config.flow_weights or None,
             precision=config.flow_precision or None,
             # A learned flow network runs where the policy does; the OpenCV backends ignore it.
-            device=self.accelerator.device if get_backend(config.flow_backend).needs_weights else None,
+            device=self.accelerator.device,
         )
         self.reward_config = MotionRewardConfig(variant=config.reward_variant)
         self.size = (config.resolution, config.resolution)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 from learned_flow_fixtures import weight_folder
@@ -26,10 +27,12 @@ def weights_dir(tmp_path, monkeypatch):
 
 
 def test_the_miner_runs_the_backend_and_weights_its_config_names(weights_dir):
-    config = MiningConfig(backend="raft_small", preset="fast", weights="raft-small.pth", precision="fp32")
+    # A name the automatic search would never pick, so only the config can have chosen it.
+    shutil.copy(weights_dir / "raft-small.pth", weights_dir / "my-raft.pth")
+    config = MiningConfig(backend="raft_small", preset="fast", weights="my-raft.pth", precision="fp32")
     miner = PairMiner(config)
     assert isinstance(miner.estimator, RAFTFlow)
-    assert miner.estimator.weights == (weights_dir / "raft-small.pth").resolve()
+    assert miner.estimator.weights == (weights_dir / "my-raft.pth").resolve()
     assert miner.estimator.iterations == 6  # the fast preset
     (result,) = list(miner.mine(frames_source(clip_frames("subject"), fps=CLIP_FPS)))
     assert all(math.isfinite(value) for value in result.metrics.values() if value is not None)
