@@ -1,5 +1,5 @@
 """The ``motionnft`` command line: ``flow``, ``reward``, ``demo``, ``backends``, ``eval``, ``judge``, ``lora``,
-``mine`` and ``train``."""
+``mine``, ``train``, ``data synthetic`` and ``edit``."""
 
 from __future__ import annotations
 
@@ -453,6 +453,122 @@ def _command_train(args) -> int:
     return 130 if result.interrupted else 0
 
 
+SYNTHETIC_FILE = "synthetic.json"
+"""How ``motionnft data synthetic`` made a dataset folder (count, size, seed), kept beside it."""
+
+
+def _command_data(args) -> int:
+    from tqdm import tqdm
+
+    from .data import METADATA_FILE, DatasetWriter
+    from .files import atomic_write
+    from .generate import tiny_preset
+    from .synthetic import motion_edit_dataset
+
+    if args.count < 1:
+        raise ValueError(f"--count must be at least 1, got {args.count}")
+    preset = tiny_preset()
+    size = preset.resolution if args.size is None else args.size
+    out = Path(args.out).expanduser()
+    made_with = {"task": "synthetic motion edits (motionnft.synthetic.motion_edit_dataset)", "count": args.count,
+                 "size": size, "seed": args.seed}
+    record = out / SYNTHETIC_FILE
+    if record.is_file():
+        before = json.loads(record.read_text())
+        if before != made_with:
+            raise ValueError(f"{out} holds a synthetic dataset of count {before.get('count')}, size "
+                             f"{before.get('size')}, seed {before.get('seed')}: choose another --out")
+    elif (out / METADATA_FILE).is_file():
+        raise ValueError(f"{out} already holds a dataset ({METADATA_FILE}) not made by 'motionnft data synthetic': "
+                         "choose another --out")
+    if args.seed == preset.seed:
+        print(f"note: seed {args.seed} is the tiny preset's training seed: these are its training scenes; "
+              "another seed gives scenes not used in training", file=sys.stderr)
+    dataset = motion_edit_dataset(count=args.count, size=size, seed=args.seed)
+    with atomic_write(record, "w") as handle:
+        json.dump(made_with, handle, indent=2)
+    written = 0
+    with DatasetWriter(out) as writer:
+        for sample in tqdm(dataset, desc="writing samples", unit="sample", disable=args.quiet, dynamic_ncols=True):
+            if sample.id in writer:
+                continue
+            fields = dict(sample.extra)
+            if sample.category is not None:
+                fields["category"] = sample.category
+            writer.add(sample.id, sample.prompt, sample.input_image(), sample.target_image(), **fields)
+            written += 1
+    print(f"{out}: {len(dataset)} synthetic samples at {size}x{size}, seed {args.seed} ({written} written now, "
+          f"{len(dataset) - written} already there): {METADATA_FILE}, images/")
+    return 0
+
+
+def _generation_inputs(args):
+    from .generate import GenerationSettings, ModelSpec
+
+    spec = ModelSpec(
+        kind=args.model, path=None if args.model_path is None else str(args.model_path),
+        transformer_file=None if args.transformer_file is None else str(args.transformer_file),
+        base_weights=None if args.base_weights is None else str(args.base_weights), tiny_size=args.tiny_size,
+        tiny_codec=args.tiny_codec, guidance=args.guidance, lora=None if args.lora is None else str(args.lora),
+        lora_scale=args.lora_scale, lora_alpha=args.lora_alpha, dtype=args.dtype, device=args.device,
+    )
+    settings = GenerationSettings(steps=args.steps, sampler=args.sampler, seed=args.seed, resolution=args.resolution,
+                                  true_cfg=args.true_cfg, negative_prompt=args.negative_prompt, batch_size=args.batch)
+    return spec, settings
+
+
+def _command_edit(args) -> int:
+    from .data import open_dataset
+    from .evaluate import EDIT_SUFFIXES, ProducedEdits, check_produced_folder
+    from .generate import EditGenerator, default_settings, generation_record
+
+    spec, settings = _generation_inputs(args)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    dataset = open_dataset(args.data)
+    samples = [s for s in dataset if (s.prompt or "").strip()]
+    if not samples:
+        raise ValueError(f"dataset {args.data}: no sample has an instruction (prompt) to edit with")
+    unprompted = len(dataset) - len(samples)
+    samples = samples[: args.limit]
+    record = generation_record(spec, settings)  # the LoRA and base weights must exist
+    out = Path(args.out).expanduser()
+    check_produced_folder(out, record)
+    resolved = default_settings(spec.kind, settings)
+    print(f"dataset: {dataset.root} ({dataset.layout} layout), editing {len(samples)} samples"
+          + (f" ({unprompted} without an instruction skipped)" if unprompted else ""))
+    cfg = (f"true CFG {resolved.true_cfg:g} (negative prompt {resolved.negative_prompt!r})"
+           if resolved.true_cfg > 1 else "no true CFG")
+    guidance = f"guidance {record['guidance']:g}, " if record.get("guidance") is not None else ""
+    print(f"sampling: {resolved.steps} {resolved.sampler} steps, seed {resolved.seed}, {guidance}{cfg}, "
+          f"~{resolved.resolution}^2 px, batch {resolved.batch_size}, {record['dtype']}")
+    done = {p.stem for p in out.iterdir() if p.suffix.lower() in EDIT_SUFFIXES} if out.is_dir() else set()
+    todo = sum(1 for s in samples if s.id not in done)
+    if not todo:
+        print(f"{out}: all {len(samples)} edits exist; nothing to do")
+        return 0
+    generator = EditGenerator.from_spec(spec, settings)
+    print(f"model: {generator.model.describe()} on {generator.model.device}")
+    if generator.lora is not None:
+        lora = generator.lora
+        print(f"LoRA: {args.lora}: {len(lora.modules)} modules merged, rank {', '.join(map(str, lora.ranks))}, "
+              f"scale alpha/rank {', '.join(f'{s:g}' for s in lora.scales)} x strength {spec.lora_scale:g} "
+              f"(alpha source: {lora.alpha_source})")
+    name = out.resolve().name or "edits"
+    edits = ProducedEdits(name, out, generator, description=record)
+    try:
+        made, existing = edits.produce(samples, show_progress=not args.quiet)
+    except KeyboardInterrupt:
+        have = sum(1 for s in samples if edits.find(s) is not None)
+        print(f"interrupted: {have} of {len(samples)} edits are in {out}; run the same command again to make the rest",
+              file=sys.stderr)
+        raise
+    print(f"{out}: {made} edits made, {existing} already there (<sample id>.png at the working size); "
+          f"settings in {out / 'produced_by.json'}")
+    print(f"score them: motionnft eval {args.data} --edits {name}={out} --out EVAL_DIR")
+    return 0
+
+
 def _command_backends(args) -> int:
     from .flow import WeightsNotFoundError, available_backends, find_weights, weight_folders
 
@@ -475,6 +591,57 @@ def _command_backends(args) -> int:
     for folder in folders:
         print(f"  {folder}{'' if folder.is_dir() else ' (does not exist)'}")
     return 0
+
+
+def _edit_parser(commands) -> None:
+    from .generate import DTYPES, INFERENCE_STEPS, MODEL_CHOICES, NEGATIVE_PROMPT
+    from .sampling import SAMPLERS
+
+    edit = commands.add_parser(
+        "edit", help="edit every sample of a dataset with a base model (+ LoRA): <sample id>.png for 'motionnft eval'",
+        description="Generate one edit per dataset sample with a base model and optionally a LoRA, as "
+        "<OUT>/<sample id>.png, ready for 'motionnft eval --edits'. Defaults follow the official inference "
+        "(28 steps; FLUX.1 Kontext: embedded guidance 2.5; Qwen-Image-Edit: true CFG 4.0 with the negative "
+        "prompt ' '). Resumable: existing edits are kept, a rerun makes the rest (Ctrl-C stops cleanly).",
+    )
+    model = edit.add_argument_group("model")
+    model.add_argument("--model", required=True, choices=MODEL_CHOICES, metavar="KIND",
+                       help="tiny (the tiny training preset's model, with its base weights), "
+                       + ", ".join(MODEL_CHOICES[1:]))
+    model.add_argument("--model-path", type=Path, default=None, help="local diffusers folder of a real model")
+    model.add_argument("--transformer-file", type=Path, default=None,
+                       help="single-file transformer replacing MODEL_PATH/transformer")
+    model.add_argument("--base-weights", type=Path, default=None,
+                       help="safetensors state dict loaded into the transformer (default: the tiny preset's for "
+                       "--model tiny, none otherwise)")
+    model.add_argument("--tiny-size", default=None, help="tiny_* models: test or demo (default: the tiny preset's)")
+    model.add_argument("--tiny-codec", default=None, choices=("patch", "vae"), help="tiny_* models' codec")
+    model.add_argument("--lora", type=Path, default=None, help="LoRA file (any layout) or PEFT adapter folder")
+    model.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (multiplies alpha/rank; default 1)")
+    model.add_argument("--lora-alpha", type=float, default=None,
+                       help="replace the LoRA's alpha (64 for the official MotionEdit converted file)")
+    model.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                       help="default: bfloat16 for real models on CUDA, float32 otherwise")
+    model.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    sampling = edit.add_argument_group("sampling")
+    sampling.add_argument("--steps", type=int, default=INFERENCE_STEPS, help=f"sampler steps (default {INFERENCE_STEPS})")
+    sampling.add_argument("--sampler", default="euler", choices=SAMPLERS,
+                          help="euler (the pipelines' scheduler, default) or dpm2 (the trainer's rollouts)")
+    sampling.add_argument("--seed", type=int, default=0, help="noise seed; each sample's noise comes from (seed, id)")
+    sampling.add_argument("--batch", type=int, default=1, help="samples per batch (default 1)")
+    sampling.add_argument("--resolution", type=int, default=None,
+                          help="working size ~RESOLUTION^2 pixels at the input's aspect ratio (default: the tiny "
+                          "preset's resolution for tiny models, 1024 for real ones)")
+    sampling.add_argument("--guidance", type=float, default=None, help="FLUX.1 Kontext embedded guidance (default 2.5)")
+    sampling.add_argument("--true-cfg", dest="true_cfg", type=float, default=None,
+                          help="true CFG scale, > 1 to enable (default: 4.0 for Qwen-Image-Edit, off for Kontext)")
+    sampling.add_argument("--negative-prompt", default=NEGATIVE_PROMPT, help="negative prompt of true CFG (default ' ')")
+    edit.add_argument("--data", required=True, type=Path,
+                      help="dataset folder (metadata.jsonl) or MotionEdit parquet/arrow files")
+    edit.add_argument("--out", required=True, type=Path, help="folder of the edits (created; a rerun resumes it)")
+    edit.add_argument("--limit", type=int, default=None, help="edit only the first N samples")
+    edit.add_argument("--quiet", action="store_true", help="no progress bar")
+    edit.set_defaults(handler=_command_edit)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -593,6 +760,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'auto' (default: continue from OUTPUT_DIR's latest checkpoint), a checkpoint or run folder, or 'none'")
     train.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     train.set_defaults(handler=_command_train)
+    data = commands.add_parser("data", help="write datasets: 'data synthetic' writes the built-in motion task")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synthetic = data_commands.add_parser(
+        "synthetic", help="write N samples of the built-in synthetic motion task as a dataset folder",
+        description="Write COUNT samples of the built-in synthetic motion task (figures that raise or lower an "
+        "arm or step aside as their instruction says) as a dataset folder: metadata.jsonl + images/. "
+        "Seeds other than the tiny preset's training seed give scenes not used in training.",
+    )
+    synthetic.add_argument("--count", type=int, required=True, help="number of samples")
+    synthetic.add_argument("--seed", type=int, required=True, help="scene seed (the tiny preset trains on seed 0)")
+    synthetic.add_argument("--out", type=Path, required=True, help="dataset folder (created; a rerun resumes it)")
+    synthetic.add_argument("--size", type=int, default=None, help="image size in pixels (default: the tiny preset's resolution)")
+    synthetic.add_argument("--quiet", action="store_true", help="no progress bar")
+    synthetic.set_defaults(handler=_command_data)
+
+    _edit_parser(commands)
+
     backends = commands.add_parser(
         "backends", help="list the flow backends, their presets and weight files, and where weights are looked for"
     )

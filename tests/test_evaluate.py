@@ -172,7 +172,8 @@ def test_produced_edits_are_made_once_and_kept(bench, tmp_path):
     source = ProducedEdits("model", tmp_path / "made", producer, {"model": "target copier"})
     result = evaluate(dataset, [source], tmp_path / "out", show_progress=False)
     assert calls == ["s0", "s1", "s2"]
-    assert sorted(p.name for p in (tmp_path / "made").iterdir()) == ["s0.png", "s1.png", "s2.png"]
+    assert sorted(p.name for p in (tmp_path / "made").iterdir()) == ["produced_by.json", "s0.png", "s1.png", "s2.png"]
+    assert json.loads((tmp_path / "made" / "produced_by.json").read_text()) == {"model": "target copier"}
     assert all(r["mas"] == pytest.approx(100.0) for r in result.records)
     assert result.summary["systems"]["model"]["source"]["model"] == "target copier"
     evaluate(dataset, [ProducedEdits("model", tmp_path / "made", producer)], tmp_path / "out", show_progress=False)

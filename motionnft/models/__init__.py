@@ -53,5 +53,7 @@ def build_model(kind: str, path=None, transformer_file=None, dtype: torch.dtype 
     return tiny_qwen_image_edit(seed, plus=kind.endswith("plus"), codec=tiny_codec, size=tiny_size)
 
 
-__all__ = ["MODEL_KINDS", "Condition", "EditModel", "LatentCodec", "PatchCodec", "build_model", "pack_latents",
-           "unpack_latents"]
+from .configured import build_from_config  # noqa: E402  (uses build_model)
+
+__all__ = ["MODEL_KINDS", "Condition", "EditModel", "LatentCodec", "PatchCodec", "build_from_config", "build_model",
+           "pack_latents", "unpack_latents"]
