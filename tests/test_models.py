@@ -164,6 +164,76 @@ def test_loading_names_the_places_it_looked(tmp_path):
         build_model("sdxl")
 
 
+def diffusers_folder(root: Path, class_name: str) -> Path:
+    """A stand-in diffusers folder: just the ``model_index.json`` that names its pipeline."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "model_index.json").write_text(json.dumps({"_class_name": class_name, "_diffusers_version": "0.36.0"}))
+    return root
+
+
+class LoadedAs(Exception):
+    """Raised by a stubbed ``from_pretrained``: which pipeline class would have loaded."""
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
+
+    for cls in (QwenImageEditPipeline, QwenImageEditPlusPipeline):
+        def stub(path, *args, _name=cls.__name__, **kwargs):
+            raise LoadedAs(_name)
+
+        monkeypatch.setattr(cls, "from_pretrained", stub)
+
+
+def test_qwen_image_edit_loads_the_release_the_folder_holds(tmp_path, loads):
+    first = diffusers_folder(tmp_path / "Qwen-Image-Edit", "QwenImageEditPipeline")
+    plus = diffusers_folder(tmp_path / "Qwen-Image-Edit-2509", "QwenImageEditPlusPipeline")
+    with pytest.raises(LoadedAs, match="^QwenImageEditPipeline$"):
+        build_model("qwen_image_edit", path=first)
+    with pytest.raises(LoadedAs, match="^QwenImageEditPlusPipeline$"):
+        build_model("qwen_image_edit", path=plus)
+    with pytest.raises(LoadedAs, match="^QwenImageEditPlusPipeline$"):
+        build_model("qwen_image_edit_plus", path=plus)
+
+
+def test_a_release_asked_for_that_the_folder_does_not_hold_is_refused(tmp_path, loads):
+    first = diffusers_folder(tmp_path / "Qwen-Image-Edit", "QwenImageEditPipeline")
+    with pytest.raises(ValueError) as error:
+        build_model("qwen_image_edit_plus", path=first)
+    message = str(error.value)
+    assert str(first) in message and "'QwenImageEditPipeline'" in message and "qwen_image_edit_plus" in message
+    text_to_image = diffusers_folder(tmp_path / "Qwen-Image", "QwenImagePipeline")
+    with pytest.raises(ValueError, match="'QwenImagePipeline'.*expected QwenImageEditPipeline or QwenImageEditPlusPipeline"):
+        build_model("qwen_image_edit", path=text_to_image)
+
+
+@pytest.mark.parametrize(("kind", "size", "expected"), [
+    # QwenImageEditPipeline: calculate_dimensions(1024 * 1024, W / H), sides rounded to 32
+    ("tiny_qwen_image_edit", (64, 64), (1024, 1024)),
+    ("tiny_qwen_image_edit", (64, 96), (1248, 832)),  # sqrt(1024² · 1.5) = 1254 -> 1248; / 1.5 = 836 -> 832
+    # QwenImageEditPlusPipeline: calculate_dimensions(384 * 384, W / H), a list of images
+    ("tiny_qwen_image_edit_plus", (64, 64), (384, 384)),
+    ("tiny_qwen_image_edit_plus", (64, 96), (480, 320)),  # sqrt(384² · 1.5) = 470 -> 480; / 1.5 = 314 -> 320
+])
+def test_the_vision_language_encoder_sees_the_pipelines_image_sizes(kind, size, expected):
+    from PIL import Image
+
+    from motionnft.image import tensor_to_pil
+
+    model = build_model(kind, tiny_size="test", dtype=torch.float32)
+    reference = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    seen = []
+    encode = model.text_pipeline.encode_prompt
+    model.text_pipeline.encode_prompt = lambda **kwargs: seen.append(kwargs["image"]) or encode(**kwargs)
+    model.encode_condition("Raise the arm.", reference, SIZE)
+    image = seen[0][0] if kind.endswith("plus") else seen[0]
+    assert isinstance(seen[0], list) == kind.endswith("plus")
+    assert image.size == expected  # PIL: (width, height)
+    # resized from the reference as given, with the pipelines' PIL Lanczos
+    assert image.tobytes() == tensor_to_pil(reference).resize(expected, Image.LANCZOS).tobytes()
+
+
 @pytest.mark.parametrize(("kind", "embedder_name"), [("tiny_flux_kontext", "x_embedder"),
                                                      ("tiny_qwen_image_edit", "img_in")])
 def test_trained_tiny_models_are_at_least_as_wide_as_their_tokens(kind, embedder_name):

@@ -149,7 +149,7 @@ def test_the_shipped_defaults_equal_the_config_class_and_presets_apply():
                 for f in dataclasses.fields(TrainConfig)}
     assert shipped["defaults"] == defaults
     assert set(shipped["preset"]) == {"tiny", "kontext", "qwen"}
-    assert load_config("qwen").model == "qwen_image_edit" and load_config("qwen").max_steps == 210
+    assert load_config("qwen").model == "qwen_image_edit_plus" and load_config("qwen").max_steps == 210
     assert load_config("kontext").rollouts_per_prompt == 8 and load_config("kontext").prompts_per_epoch == 24
 
 
