@@ -131,6 +131,26 @@ def test_a_folder_dataset_is_centre_cropped_to_the_training_size(tmp_path):
     assert float(result.metrics[0]["mas_mean"]) >= 0
 
 
+def test_training_pairs_are_cropped_and_resized_with_lanczos_as_the_release_does(tmp_path):
+    # reference latents and the ground-truth flow come from these pixels
+    import numpy as np
+    from PIL import Image
+
+    from motionnft.data import DatasetWriter
+    from motionnft.image import pil_to_tensor
+    from motionnft.train import Trainer
+
+    noise = np.random.default_rng(1).integers(0, 256, size=(2, 64, 96, 3), dtype=np.uint8)
+    with DatasetWriter(tmp_path / "ds") as writer:
+        writer.add("a", "Raise the arm.", pil_to_tensor(Image.fromarray(noise[0])), pil_to_tensor(Image.fromarray(noise[1])))
+    trainer = Trainer(fast_config(tmp_path, "lanczos", data=str(tmp_path / "ds"), resolution=32, prompts_per_epoch=1),
+                      show_progress=False)
+    entry = trainer.prompt(0)
+    for image, pixels in ((entry.input_image, noise[0]), (entry.target_image, noise[1])):
+        release = Image.fromarray(pixels).crop((16, 0, 80, 64)).resize((32, 32), Image.Resampling.LANCZOS)
+        assert float((image - pil_to_tensor(release)).abs().max()) < 1.5 / 255
+
+
 def test_the_prompt_cursor_walks_passes_and_skips_retired_prompts():
     cursor = PromptCursor([f"s{i}" for i in range(5)], seed=0)
     first = cursor.take(5)
