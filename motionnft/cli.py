@@ -58,11 +58,8 @@ def _configs(args):
     from .reward import MASConfig, MotionRewardConfig
 
     config = MotionRewardConfig(variant=args.variant)
-    mas = MASConfig(
-        alpha=args.mas_alpha,
-        d_min=config.distance_min if args.mas_d_min is None else args.mas_d_min,
-        d_max=args.mas_d_max,
-    )
+    given = {} if args.mas_d_min is None else {"d_min": args.mas_d_min}
+    mas = MASConfig(alpha=args.mas_alpha, d_max=args.mas_d_max, **given).for_reward(config)  # default d_min: eps^q
     return config, mas
 
 
