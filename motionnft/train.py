@@ -166,38 +166,65 @@ def _toml():
     return tomllib
 
 
+_EXPECTED = {bool: "a boolean (true or false)", int: "an integer", float: "a number",
+             list: 'a list (a TOML array, e.g. ["to_q", "to_k"])', str: "a string"}
+
+
+def _setting_type(value) -> type:
+    """The type a setting takes, from its default value (bool before int: True is an int)."""
+    return next((kind for kind in (bool, int, float, list) if isinstance(value, kind)), str)
+
+
+def _fits(value, kind: type) -> bool:
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
 def _apply(config: TrainConfig, values: dict, where: str) -> None:
     names = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for key, value in values.items():
         if key not in names:
             raise ValueError(f"{where}: unknown setting {key!r} (see motionnft/configs/train.toml)")
-        current = getattr(config, key)
-        if isinstance(current, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(current, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value) if ok else value
-        elif isinstance(current, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(current, list):
-            ok = isinstance(value, list)
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            raise ValueError(f"{where}: {key} = {value!r}: expected a {type(current).__name__}")
-        setattr(config, key, value)
+        kind = _setting_type(getattr(config, key))
+        if not _fits(value, kind):
+            raise ValueError(f"{where}: {key} = {value!r}: expected {_EXPECTED[kind]}")
+        setattr(config, key, float(value) if kind is float else value)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"key=value"`` -> (key, value); the value is read as TOML, else taken as a string."""
+    """``"KEY=VALUE"`` -> (key, value), VALUE read as the type of the setting KEY.
+
+    VALUE is TOML: numbers, ``true``/``false``, ``"strings"``, ``[lists]``. A string
+    setting also takes a bare word (``model=tiny_flux_kontext``,
+    ``judge_url=http://127.0.0.1:8000/v1``); an integer is a valid number.
+
+    Raises:
+        ValueError naming the setting, the value and the type expected: an unknown setting,
+        or a value that is not valid TOML of the setting's type (e.g. ``max_steps=1O``,
+        ``beta=.5``, ``lora_targets=[to_q``, ``model_path="/unterminated``).
+    """
     if "=" not in text:
         raise ValueError(f"override {text!r}: expected KEY=VALUE")
     key, raw = (part.strip() for part in text.split("=", 1))
+    defaults = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if key not in defaults:
+        raise ValueError(f"--set {key}={raw}: unknown setting {key!r} (see motionnft/configs/train.toml)")
+    kind = _setting_type(getattr(TrainConfig(), key))
     try:
-        value = _toml().loads(f"v = {raw}")["v"]
+        value, valid = _toml().loads(f"v = {raw}")["v"], True
     except Exception:
-        value = raw
-    return key, value
+        value, valid = None, False
+    if kind is str:
+        if valid and isinstance(value, str):
+            return key, value
+        if raw and raw[0] not in "\"'[{" and "\n" not in raw:  # a bare word
+            return key, raw
+        raise ValueError(f"--set {key}={raw}: {key} expects a string: \"...\" (TOML) or a bare word")
+    if valid and _fits(value, kind):
+        return key, float(value) if kind is float else value
+    why = f"{raw!r} is not valid TOML" if not valid else f"got {type(value).__name__} {value!r}"
+    raise ValueError(f"--set {key}={raw}: {key} expects {_EXPECTED[kind]}; {why}")
 
 
 def load_config(preset: str | None = "tiny", config_file: str | os.PathLike | None = None,

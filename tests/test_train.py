@@ -181,12 +181,38 @@ def test_config_files_and_overrides(tmp_path):
     assert parse_override("beta = 0.5") == ("beta", 0.5)
     with pytest.raises(ValueError, match="unknown setting"):
         load_config("tiny", overrides=["nope=1"])
-    with pytest.raises(ValueError, match="expected a int"):
+    with pytest.raises(ValueError, match="max_steps expects an integer"):
         load_config("tiny", overrides=["max_steps='many'"])
     with pytest.raises(ValueError, match="sampler"):
         load_config("tiny", overrides=["sampler='heun'"])
     with pytest.raises(ValueError, match="judge"):
         load_config("tiny", overrides=["judge_weight=0.5"]).reward_weights(has_judge=False)
+
+
+def test_set_values_are_read_as_the_type_of_their_setting():
+    assert parse_override("model=tiny_flux_kontext") == ("model", "tiny_flux_kontext")  # a bare word
+    assert parse_override("judge_url=http://127.0.0.1:8000/v1") == ("judge_url", "http://127.0.0.1:8000/v1")
+    assert parse_override('output_dir="runs/a b"') == ("output_dir", "runs/a b")
+    assert parse_override("beta=1") == ("beta", 1.0) and isinstance(parse_override("beta=1")[1], float)
+    assert parse_override("lora_targets=['to_q', 'to_k']") == ("lora_targets", ["to_q", "to_k"])
+    assert parse_override("gradient_checkpointing=false") == ("gradient_checkpointing", False)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('model_path="/models/FLUX.1-Kontext-dev', "a string"),  # unterminated: not silently '"/models/...'
+    ("flow_preset=[fast", "a string"),
+    ("max_steps=1O", "an integer"),
+    ("max_steps=true", "an integer"),
+    ("beta=.5", "a number"),
+    ("lora_targets=[to_q", "a list"),
+    ("gradient_checkpointing=yes", "a boolean"),
+])
+def test_a_malformed_set_value_is_an_error_naming_the_setting_the_value_and_the_type(text, expected):
+    key, value = text.split("=", 1)
+    with pytest.raises(ValueError) as error:
+        load_config("tiny", overrides=[text])
+    message = str(error.value)
+    assert f"{key} expects {expected}" in message and value in message
 
 
 def test_the_cli_trains_the_tiny_preset(tmp_path, capsys):
