@@ -54,6 +54,7 @@ CONFIG_FILE = Path(__file__).with_name("configs") / "train.toml"
 PRESETS = ("tiny", "kontext", "qwen")
 LORA_FILE = "motionnft_lora.safetensors"
 STATE_FILE = "trainer_state.pt"
+LOSS_AVERAGES = ("micro_batch", "all")
 
 
 # ----------------------------------------------------------------------------------------
@@ -110,6 +111,7 @@ class TrainConfig:
     lora_targets: list = field(default_factory=list)
     train_batch_size: int = 4
     optimizer_steps_per_epoch: int = 1
+    loss_average: str = "micro_batch"
     max_steps: int = 300
     save_every: int = 10
     keep_checkpoints: int = 3
@@ -137,6 +139,8 @@ class TrainConfig:
         need(self.rollouts_per_prompt >= 2, "rollouts_per_prompt must be >= 2 (advantages compare rollouts)")
         need(self.save_every >= 0 and self.keep_checkpoints >= 1, "save_every >= 0 and keep_checkpoints >= 1")
         need(self.reward_variant in ("code", "paper"), f"reward_variant {self.reward_variant!r}: expected code or paper")
+        need(self.loss_average in LOSS_AVERAGES,
+             f"loss_average {self.loss_average!r}: expected one of {', '.join(LOSS_AVERAGES)}")
         need(self.flow_precision in ("", *PRECISIONS),
              f"flow_precision {self.flow_precision!r}: expected one of {', '.join(PRECISIONS)} (or \"\" for fp32)")
         return self
@@ -639,12 +643,22 @@ class Trainer:
         return {"raw": raw, "motion": motion.reward.float(), "motion_continuous": motion.reward_continuous.float(),
                 "mas": motion.mas.score.float(), "judge": judge_scores}
 
-    def loss_phase(self, items: list[tuple], global_count: int, batches: int, bar=None) -> dict:
+    def loss_phase(self, items: list[tuple], global_count: int, batches: int, bar=None,
+                   global_batches: int | None = None) -> dict:
         """Forward/backward over (x0, t, r, condition) items in micro-batches.
 
         ``batches`` is the same on every process (padded with zero-weight batches) so that
-        DDP/FSDP collectives line up; each term is weighted ``world / global_count`` so
-        the averaged gradient is the mean over all sample-timesteps.
+        DDP/FSDP collectives line up; DDP averages the processes' gradients, so a weight of
+        ``world / n`` makes a term count ``1 / n`` of the step's gradient:
+
+        - ``loss_average = "all"``: each term weighs ``world / global_count``: the gradient
+          is the mean over all ``global_count`` sample-timesteps of the step;
+        - ``"micro_batch"`` (the release): a micro-batch's terms weigh
+          ``world / (global_batches · len(micro-batch))``: the gradient is the mean over the
+          step's ``global_batches`` real micro-batches (all processes) of each micro-batch's
+          mean over its sample-timesteps.
+
+        The returned loss terms are the mean over all sample-timesteps either way.
         """
         from .models import Condition
         from .nft import nft_loss
@@ -655,9 +669,13 @@ class Trainer:
         size = config.train_batch_size
         totals = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "positive": 0.0, "negative": 0.0}
         model = self.model
+        per_batch = config.loss_average == "micro_batch"
         for b in range(batches):
             chunk = items[b * size:(b + 1) * size]
-            weight = world / max(global_count, 1)
+            if per_batch:
+                weight = world / max(global_batches or 1, 1) / max(len(chunk), 1)
+            else:
+                weight = world / max(global_count, 1)
             if not chunk:  # padding batch: a real item, zero weight
                 chunk, weight = (items[:1] if items else self._padding_item()), 0.0
             x0 = torch.stack([c[0] for c in chunk]).to(device)
@@ -772,8 +790,10 @@ class Trainer:
             batches = math.ceil(int(part_counts.max()) / config.train_batch_size)
             if part_global == 0:
                 continue
+            # the real (not padding) micro-batches of this optimiser step, over all processes
+            real_batches = sum(math.ceil(int(c) / config.train_batch_size) for c in part_counts.tolist())
             bar = self._bar(batches, f"step {step + 1} loss")
-            part_losses = self.loss_phase(part, part_global, batches, bar)
+            part_losses = self.loss_phase(part, part_global, batches, bar, real_batches)
             bar.close()
             for key, value in part_losses.items():  # the epoch's mean over all its terms
                 share = value * part_global / global_count
@@ -793,7 +813,7 @@ class Trainer:
 
         with _DeferInterrupt():
             self.step = step + 1
-            decay = ema_decay(step, self.nft)
+            decay = ema_decay(self.step, self.nft)  # as the release: after the step count is incremented
             lerp_(self.ema, self.policies.policy_tensors(), decay)
             eta = old_policy_rate(self.step, self.nft)
             lerp_(self.policies.old_tensors(), self.policies.policy_tensors(), eta)

@@ -75,6 +75,50 @@ def test_resuming_reproduces_an_uninterrupted_run_bitwise(tmp_path):
     assert kl and max(kl) > 0  # the policy has left the base model: the KL term is live
 
 
+def test_the_ema_steps_with_the_decay_of_the_step_just_completed(tmp_path):
+    # the release: global_step += 1, then ema.step(params, global_step), decay min((1+s)/(10+s), 0.9)
+    from motionnft.train import Trainer
+
+    trainer = Trainer(fast_config(tmp_path, "ema"), show_progress=False)
+    for step in (1, 2):
+        before = [e.clone() for e in trainer.ema]
+        row = trainer.train_step()
+        decay = (1 + step) / (10 + step)  # 2/11 after the first optimiser step, 3/12 after the second
+        assert row["step"] == step and row["ema_decay"] == pytest.approx(decay)
+        for ema, old, theta in zip(trainer.ema, before, trainer.policies.policy_tensors()):
+            assert torch.allclose(ema, decay * old + (1 - decay) * theta.detach().float(), atol=1e-7)
+
+
+def loss_gradient(trainer, items, global_count, batches, global_batches):
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.loss_phase(items, global_count, batches, None, global_batches)
+    return torch.cat([p.grad.flatten() for p in trainer.policies.policy_tensors() if p.grad is not None])
+
+
+def test_loss_average_weighs_micro_batches_or_sample_timesteps(tmp_path):
+    # train_batch_size 2, three sample-timesteps: micro-batches [a, b] and [c]
+    from motionnft.train import Trainer
+
+    trainer = Trainer(fast_config(tmp_path, "average", train_batch_size=2, loss_average="all"), show_progress=False)
+    entry, model = trainer.prompt(0), trainer.model
+    generator = torch.Generator().manual_seed(0)
+    x0, noise = model.noise(3, trainer.size, generator), model.noise(3, trainer.size, generator)
+    times = [float(trainer.sigmas[k]) for k in (0, 1, 2)]
+    items = [(x0[i], times[i], r, entry.condition, noise[i]) for i, r in enumerate((0.9, 0.2, 0.7))]
+    alone = [loss_gradient(trainer, [item], 1, 1, 1) for item in items]  # each term's own gradient
+    assert all(g.abs().sum() > 0 for g in alone)
+
+    every_term = loss_gradient(trainer, items, 3, 2, 2)
+    assert torch.allclose(every_term, (alone[0] + alone[1] + alone[2]) / 3, rtol=1e-4, atol=1e-9)
+
+    trainer.config.loss_average = "micro_batch"  # the release: mean per micro-batch, micro-batches equal
+    per_batch = loss_gradient(trainer, items, 3, 2, 2)
+    assert torch.allclose(per_batch, ((alone[0] + alone[1]) / 2 + alone[2]) / 2, rtol=1e-4, atol=1e-9)
+    assert not torch.allclose(per_batch, every_term, rtol=1e-3)
+    # a padding batch (processes with fewer micro-batches run them so DDP lines up) adds nothing
+    assert torch.equal(loss_gradient(trainer, items, 3, 3, 2), per_batch)
+
+
 class CountingJudge:
     """A judge that scores by the edit's brightness; can raise Ctrl-C on a given call."""
 
