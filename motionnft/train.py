@@ -34,7 +34,9 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
+import re
 import shutil
 import signal
 import sys
@@ -276,7 +278,15 @@ def derived_generator(seed: int, *keys) -> torch.Generator:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNG states as tensors and plain containers (loadable with ``weights_only``):
+    numpy's ``("MT19937", keys, pos, has_gauss, cached_gaussian)`` with its key array as a tensor."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -284,7 +294,9 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -917,10 +929,35 @@ class Trainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
+        """Restore the state saved by :meth:`save_checkpoint`.
+
+        The state file holds tensors and plain containers only and is read with
+        ``torch.load(weights_only=True)``: a file that would run code when unpickled is
+        refused, never executed.
+
+        Raises:
+            FileNotFoundError without the state file; ValueError naming the file when it is
+            not a trainer state this version wrote.
+        """
         state_file = path / STATE_FILE
         if not state_file.is_file():
             raise FileNotFoundError(f"no trainer state in {path} (looked for {state_file})")
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            # torch's message ends with the unpickler's reason, e.g. "Unsupported global: GLOBAL os.system ..."
+            found = re.search(r"Unsupported global: GLOBAL (\S+)|WeightsUnpickler error: ([^\n]+)", str(error))
+            first = next((g for g in found.groups() if g), "") if found else type(error).__name__
+            first = f"it names {first}" if found and found.group(1) else first
+            raise ValueError(
+                f"refusing to load {state_file}: it holds objects other than tensors and plain containers, which "
+                f"unpickling could use to run code ({first}). A trainer_state.pt this version of motionnft wrote "
+                "holds none: the file comes from elsewhere or from an older version (numpy RNG state as an "
+                "array); start over (--resume none) or use a checkpoint you wrote") from None
+        if not isinstance(state, dict) or not {"names", "policy", "old", "ema", "optimizer", "cursor", "rng",
+                                               "step"} <= set(state):
+            raise ValueError(f"{state_file} is not a MotionNFT trainer state (expected a dict with the LoRA, "
+                             f"optimiser, data cursor and RNG states)")
         if state["names"] != list(self.policies.policy):
             raise ValueError(f"checkpoint {path} holds a LoRA on other modules than this configuration's")
         with torch.no_grad():

@@ -65,8 +65,8 @@ def test_resuming_reproduces_an_uninterrupted_run_bitwise(tmp_path):
     a = load_file(tmp_path / "whole" / "motionnft_lora.safetensors")
     b = load_file(tmp_path / "split" / "motionnft_lora.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    state_a = torch.load(tmp_path / "whole/checkpoints/step-000003/trainer_state.pt", weights_only=False)
-    state_b = torch.load(tmp_path / "split/checkpoints/step-000003/trainer_state.pt", weights_only=False)
+    state_a = torch.load(tmp_path / "whole/checkpoints/step-000003/trainer_state.pt", weights_only=True)
+    state_b = torch.load(tmp_path / "split/checkpoints/step-000003/trainer_state.pt", weights_only=True)
     for key in ("policy", "old", "ema"):
         assert all(torch.equal(x, y) for x, y in zip(state_a[key], state_b[key])), key
     assert state_a["cursor"] == state_b["cursor"]
@@ -117,6 +117,30 @@ def test_loss_average_weighs_micro_batches_or_sample_timesteps(tmp_path):
     assert not torch.allclose(per_batch, every_term, rtol=1e-3)
     # a padding batch (processes with fewer micro-batches run them so DDP lines up) adds nothing
     assert torch.equal(loss_gradient(trainer, items, 3, 3, 2), per_batch)
+
+
+class RunsCode:
+    """Unpickling this calls ``open(path, "w")``: a stand-in for the code a crafted pickle could run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_checkpoint_that_would_run_code_when_unpickled_is_refused_naming_the_file(tmp_path):
+    train(fast_config(tmp_path, "shared", max_steps=1), resume=None, show_progress=False)
+    state_file = tmp_path / "shared" / "checkpoints" / "step-000001" / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=True)  # what we write: tensors and plain containers only
+    assert isinstance(state["rng"]["numpy"]["keys"], torch.Tensor)
+    marker = tmp_path / "code-ran"
+    state["cursor"] = RunsCode(marker)  # someone shares a doctored checkpoint
+    torch.save(state, state_file)
+    with pytest.raises(ValueError, match="refusing to load") as error:
+        train(fast_config(tmp_path, "shared", max_steps=2), resume="auto", show_progress=False)
+    assert str(state_file) in str(error.value)
+    assert not marker.exists()
 
 
 class CountingJudge:
