@@ -431,7 +431,7 @@ def _command_mine(args) -> int:
 
 def _command_train(args) -> int:
     try:
-        from .train import load_config, train
+        from .train import JudgeFailure, load_config, train
     except ImportError as error:
         raise ValueError(f"the trainer needs the train extra: pip install 'motionnft[train]' ({error})") from None
 
@@ -446,7 +446,11 @@ def _command_train(args) -> int:
 
         print(config_to_toml(config), end="")
         return 0
-    result = train(config, resume=None if args.resume == "none" else args.resume)
+    try:
+        result = train(config, resume=None if args.resume == "none" else args.resume)
+    except JudgeFailure as error:  # the state of the last completed step is saved: running again resumes
+        print(f"motionnft train: stopped: {error}", file=sys.stderr)
+        return 3
     return 130 if result.interrupted else 0
 
 

@@ -18,7 +18,10 @@ One optimiser step ("epoch" in DiffusionNFT's words):
 
 Every random draw comes from a generator seeded by (seed, step, prompt, purpose), so a
 run resumed from a checkpoint repeats the uninterrupted run exactly. Checkpoints are
-written atomically every ``save_every`` steps, at the end and on Ctrl-C.
+written atomically every ``save_every`` steps, at the end, on Ctrl-C and on any error in
+a step (the state of the last completed step; the error is raised again). A judge rating
+that still fails after ``judge_retries`` retries skips its prompt for the step or stops the
+run (``judge_failure``).
 
 Multi-GPU: launch with ``accelerate launch`` (DDP or FSDP; configs in
 ``motionnft/configs/accelerate/``).
@@ -57,6 +60,7 @@ PRESETS = ("tiny", "kontext", "qwen")
 LORA_FILE = "motionnft_lora.safetensors"
 STATE_FILE = "trainer_state.pt"
 LOSS_AVERAGES = ("micro_batch", "all")
+JUDGE_FAILURES = ("stop", "skip")
 
 
 # ----------------------------------------------------------------------------------------
@@ -91,6 +95,11 @@ class TrainConfig:
     judge_url: str = ""
     judge_model: str = ""
     judge_api_key_env: str = "MOTIONNFT_JUDGE_API_KEY"
+    judge_timeout: float = 120.0
+    judge_retries: int = 3
+    judge_backoff: float = 1.0
+    judge_failure: str = "stop"
+    judge_concurrency: int = 8
     motion_weight: float = -1.0
     judge_weight: float = -1.0
     beta: float = 1.0
@@ -143,6 +152,12 @@ class TrainConfig:
         need(self.reward_variant in ("code", "paper"), f"reward_variant {self.reward_variant!r}: expected code or paper")
         need(self.loss_average in LOSS_AVERAGES,
              f"loss_average {self.loss_average!r}: expected one of {', '.join(LOSS_AVERAGES)}")
+        need(self.judge_failure in JUDGE_FAILURES,
+             f"judge_failure {self.judge_failure!r}: expected one of {', '.join(JUDGE_FAILURES)}")
+        need(self.judge_retries >= 0, f"judge_retries must be >= 0, got {self.judge_retries}")
+        need(self.judge_concurrency >= 1, f"judge_concurrency must be >= 1, got {self.judge_concurrency}")
+        need(self.judge_timeout > 0, f"judge_timeout must be positive, got {self.judge_timeout}")
+        need(self.judge_backoff >= 0, f"judge_backoff must be >= 0, got {self.judge_backoff}")
         need(self.flow_precision in ("", *PRECISIONS),
              f"flow_precision {self.flow_precision!r}: expected one of {', '.join(PRECISIONS)} (or \"\" for fp32)")
         return self
@@ -508,6 +523,30 @@ class MetricsLog:
 # ----------------------------------------------------------------------------------------
 # the trainer
 # ----------------------------------------------------------------------------------------
+class JudgeFailure(RuntimeError):
+    """The judge could not rate a rollout after ``judge_retries`` retries and
+    ``judge_failure = "stop"``: the run saved its last completed step and stops."""
+
+
+def optimality_of_rated(raw: torch.Tensor, rated: torch.Tensor, config):
+    """:func:`~motionnft.nft.optimality_rewards` over the prompts (rows of ``raw``, ``(P, K)``)
+    whose rollouts were all rated (``rated``, ``(P,)`` bool); the others neither train nor
+    retire (reward ½, advantage 0, NaN statistics)."""
+    from .nft import OptimalityRewards, optimality_rewards
+
+    prompts, rollouts = raw.shape
+    result = OptimalityRewards(
+        reward=torch.full((prompts, rollouts), 0.5), advantage=torch.zeros(prompts, rollouts),
+        prompt_mean=torch.full((prompts,), float("nan")), prompt_std=torch.full((prompts,), float("nan")),
+        global_std=float("nan"), train=torch.zeros(prompts, dtype=torch.bool), retire=torch.zeros(prompts, dtype=torch.bool))
+    if bool(rated.any()):
+        kept = optimality_rewards(raw[rated], config)
+        for name in ("reward", "advantage", "prompt_mean", "prompt_std", "train", "retire"):
+            getattr(result, name)[rated] = getattr(kept, name)
+        result.global_std = kept.global_std
+    return result
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -549,8 +588,11 @@ class Trainer:
             raise ValueError(f"judge_url is set but the judge client (motionnft.judge) cannot be imported: {error}") \
                 from None
 
-        return JudgeClient(self.config.judge_url, self.config.judge_model,
-                           api_key=os.environ.get(self.config.judge_api_key_env) or None)
+        # The trainer retries a failed rating itself (judge_retries, any error), so the
+        # client makes one attempt per call; judge_concurrency requests may be in flight.
+        config = self.config
+        return JudgeClient(config.judge_url, config.judge_model, api_key=os.environ.get(config.judge_api_key_env) or None,
+                           timeout=config.judge_timeout, max_retries=0, max_concurrency=config.judge_concurrency)
 
     def _build(self, model=None) -> None:
         from .flow import create_estimator
@@ -648,12 +690,74 @@ class Trainer:
                                config=self.reward_config, flow_target=entry.flow_target)
         raw = self.weights[0] * motion.reward.float()
         judge_scores = torch.full_like(raw, float("nan"))
+        failure = None
         if self.judge is not None and self.weights[1] > 0:
-            judge_scores = torch.tensor([float(self.judge.rate_training_reward(entry.input_image, images[i:i + 1], prompt))
-                                         for i in range(images.shape[0])])
+            scores, failures = self.judge_scores(entry.input_image, images, prompt)
+            judge_scores = torch.tensor(scores, dtype=raw.dtype)
             raw = raw + self.weights[1] * judge_scores
+            if failures:
+                first = min(failures)
+                failure = (f"the judge could not rate {len(failures)} of {len(scores)} rollouts; rollout {first + 1}: "
+                           f"{failures[first]}")
         return {"raw": raw, "motion": motion.reward.float(), "motion_continuous": motion.reward_continuous.float(),
-                "mas": motion.mas.score.float(), "judge": judge_scores}
+                "mas": motion.mas.score.float(), "judge": judge_scores, "judge_failure": failure}
+
+    def judge_scores(self, input_image: torch.Tensor, images: torch.Tensor, prompt: str) -> tuple[list, dict]:
+        """The judge's reward of each rollout ``(K, 3, H, W)``: ``(scores, failures)``.
+
+        Up to ``judge_concurrency`` ratings run at once. A rating that raises (unreachable
+        server, timeout, HTTP error, malformed answer) or is not a number in [0, 1] is asked
+        again up to ``judge_retries`` times, ``judge_backoff`` seconds after the first failure
+        and twice as long after each further one (at most 60 s). ``scores[k]`` is NaN and
+        ``failures[k]`` the last error's text for a rollout still unrated then.
+        """
+        config = self.config
+
+        def rate(k: int) -> float:
+            attempts = config.judge_retries + 1
+            for attempt in range(attempts):
+                try:
+                    score = float(self.judge.rate_training_reward(input_image, images[k:k + 1], prompt))
+                    if not 0.0 <= score <= 1.0:  # NaN included
+                        raise ValueError(f"the judge returned {score!r}, expected a reward in [0, 1]")
+                    return score
+                except Exception:  # noqa: BLE001 - any judge failure is reported, not fatal here
+                    if attempt + 1 == attempts:
+                        raise
+                    time.sleep(min(config.judge_backoff * 2**attempt, 60.0))
+            raise AssertionError("unreachable")
+
+        scores, failures = [float("nan")] * images.shape[0], {}
+        workers = min(config.judge_concurrency, images.shape[0])
+        if workers <= 1:
+            results = []
+            for k in range(images.shape[0]):
+                try:
+                    results.append((k, rate(k), None))
+                except Exception as error:  # noqa: BLE001
+                    results.append((k, None, error))
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="motionnft-judge")
+            try:
+                futures = [(k, pool.submit(rate, k)) for k in range(images.shape[0])]
+                results = []
+                for k, future in futures:
+                    try:
+                        results.append((k, future.result(), None))
+                    except Exception as error:  # noqa: BLE001
+                        results.append((k, None, error))
+            finally:  # Ctrl-C: ratings not yet started are dropped
+                pool.shutdown(wait=True, cancel_futures=True)
+        attempts = config.judge_retries + 1
+        for k, score, error in results:
+            if error is None:
+                scores[k] = score
+            else:
+                text = str(error).strip() or type(error).__name__
+                failures[k] = f"{type(error).__name__}: {text} ({attempts} attempt{'s' if attempts > 1 else ''})"
+        return scores, failures
 
     def loss_phase(self, items: list[tuple], global_count: int, batches: int, bar=None,
                    global_batches: int | None = None) -> dict:
@@ -762,7 +866,14 @@ class Trainer:
         raw_all = accelerator.gather(raw_local).cpu() if world > 1 else raw_local.cpu()
         # gather orders by process; rows of process p are prompts chosen[p::world]
         order = [i for p in range(world) for i in chosen[p::world]]
-        optimality = optimality_rewards(raw_all, self.nft)
+        failed_local = torch.tensor([r["judge_failure"] is not None for r in reward_rows], dtype=torch.int32)
+        failed_all = (accelerator.gather(failed_local.to(accelerator.device)).cpu() if world > 1 else failed_local) > 0
+        rated = ~failed_all
+        if bool(failed_all.any()):  # every process sees it, so they stop (or skip) together
+            self._judge_failed(step, local, reward_rows)
+            optimality = optimality_of_rated(raw_all, rated, self.nft)
+        else:
+            optimality = optimality_rewards(raw_all, self.nft)
         my_rows = slice(rank * len(local), (rank + 1) * len(local))
         train_local = optimality.train[my_rows]
         reward_local = optimality.reward[my_rows]
@@ -840,7 +951,7 @@ class Trainer:
         judge = gathered["judge"]
         row = {
             "step": self.step,
-            "reward_mean": float(raw_all.mean()),
+            "reward_mean": float(raw_all[rated].mean()) if bool(rated.any()) else float("nan"),
             "reward_std": optimality.global_std,
             "motion_reward_mean": float(gathered["motion"].mean()),
             "motion_reward_continuous_mean": float(gathered["motion_continuous"].mean()),
@@ -849,6 +960,7 @@ class Trainer:
             "trained_prompts": int(optimality.train.sum()),
             "trained_terms": global_count,
             "retired_prompts": len(self.cursor.retired),
+            "judge_skipped_prompts": int(failed_all.sum()),
             **losses,
             "grad_norm": grad_norm,
             "old_eta": eta,
@@ -857,6 +969,21 @@ class Trainer:
         }
         self.last_samples = samples[:1]
         return row
+
+    def _judge_failed(self, step: int, local: list[int], reward_rows: list[dict]) -> None:
+        """Report this process's prompts the judge could not rate; under ``judge_failure =
+        "stop"`` raise :class:`JudgeFailure` (every process does, at the same point)."""
+        stop = self.config.judge_failure == "stop"
+        action = "stopping (judge_failure = \"stop\")" if stop else "prompt skipped this step (judge_failure = \"skip\")"
+        reasons = []
+        for index, row in zip(local, reward_rows):
+            if row["judge_failure"] is not None:
+                reasons.append(f"prompt {self.data[index].id!r}: {row['judge_failure']}")
+                print(f"step {step + 1}: {reasons[-1]}; {action}", file=sys.stderr)
+        if stop:
+            what = reasons[0] if reasons else "the judge failed in another process (see its log)"
+            raise JudgeFailure(f"step {step + 1}: {what}. judge_failure = \"stop\": the run stops at the last "
+                               "completed step; run it again to resume (or set judge_failure = \"skip\")")
 
     def _sync(self) -> None:
         if torch.cuda.is_available():
@@ -891,11 +1018,16 @@ class Trainer:
         metadata = dict(self._metadata(), **{"motionnft.weights": which})
         return _lora_weights(dict(zip(names, tensors)), self.config, self.model.base, metadata)
 
-    def save_checkpoint(self, interrupted: bool = False) -> Path | None:
-        """Write ``checkpoints/step-N/`` atomically (temp folder + rename) and prune old ones."""
+    def save_checkpoint(self, interrupted: bool = False, wait: bool = True) -> Path | None:
+        """Write ``checkpoints/step-N/`` atomically (temp folder + rename) and prune old ones.
+
+        The main process writes (the LoRA, its EMA and optimiser state are whole on every
+        process); ``wait=False`` skips the barrier, for a failure other processes may not share.
+        """
         from .lora import save_lora
 
-        self.accelerator.wait_for_everyone()
+        if wait:
+            self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return None
         root = self.out / "checkpoints"
@@ -1011,7 +1143,7 @@ class Trainer:
                   f"{len(self.policies.policy) // 2} modules; {len(self.data)} prompts ({self.data.layout}); "
                   f"reward motion {self.weights[0]:g}" + (f" + judge {self.weights[1]:g}" if self.weights[1] else "")
                   + f"; {self.accelerator.num_processes} process(es) on {self.accelerator.device}; {where}")
-        interrupted = False
+        interrupted, failure = False, None
         bar = tqdm(total=config.max_steps, initial=self.step, desc="MotionNFT", unit="step", disable=not self.show_progress)
         try:
             while self.step < config.max_steps:
@@ -1031,8 +1163,17 @@ class Trainer:
             bar.close()
             self._roll_back_partial_epoch()
             print(f"\ninterrupted: saving the state after step {self.step} ...", file=sys.stderr)
+        except Exception as error:  # a judge that gave up, a full disk, a bug: keep the last completed step
+            failure = error
+            bar.close()
+            self._roll_back_partial_epoch()
+            print(f"\n{type(error).__name__} in step {self.step + 1}: saving the state after step {self.step} ...",
+                  file=sys.stderr)
         finally:
             bar.close()
+        if failure is not None:
+            self._save_after_failure(failure, log)
+            raise failure
         checkpoint_dir = self.save_checkpoint(interrupted=interrupted)
         lora_path = None
         if main:
@@ -1043,6 +1184,19 @@ class Trainer:
                   f"{checkpoint_dir}; metrics {log.path}; curve {self.out / 'reward_curve.png'}")
         log.close()
         return TrainResult(self.out, self.step, lora_path, interrupted, log.rows)
+
+    def _save_after_failure(self, failure: Exception, log: MetricsLog) -> None:
+        try:
+            # every process raises a JudgeFailure at the same point; another error may be one process's
+            checkpoint = self.save_checkpoint(interrupted=True, wait=isinstance(failure, JudgeFailure))
+        except Exception as error:  # noqa: BLE001 - the original failure is what gets raised
+            print(f"could not save a checkpoint after the failure: {error}", file=sys.stderr)
+            checkpoint = None
+        finally:
+            log.close()
+        if checkpoint is not None:
+            print(f"stopped after step {self.step}: checkpoint {checkpoint}; run the same command again to resume "
+                  "from it", file=sys.stderr)
 
     def _roll_back_partial_epoch(self) -> None:
         snapshot = getattr(self, "_epoch_snapshot", None)
