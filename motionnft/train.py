@@ -538,7 +538,8 @@ def optimality_of_rated(raw: torch.Tensor, rated: torch.Tensor, config):
     result = OptimalityRewards(
         reward=torch.full((prompts, rollouts), 0.5), advantage=torch.zeros(prompts, rollouts),
         prompt_mean=torch.full((prompts,), float("nan")), prompt_std=torch.full((prompts,), float("nan")),
-        global_std=float("nan"), train=torch.zeros(prompts, dtype=torch.bool), retire=torch.zeros(prompts, dtype=torch.bool))
+        global_std=float("nan"), train=torch.zeros(prompts, dtype=torch.bool),
+        retire=torch.zeros(prompts, dtype=torch.bool))
     if bool(rated.any()):
         kept = optimality_rewards(raw[rated], config)
         for name in ("reward", "advantage", "prompt_mean", "prompt_std", "train", "retire"):
@@ -591,8 +592,9 @@ class Trainer:
         # The trainer retries a failed rating itself (judge_retries, any error), so the
         # client makes one attempt per call; judge_concurrency requests may be in flight.
         config = self.config
-        return JudgeClient(config.judge_url, config.judge_model, api_key=os.environ.get(config.judge_api_key_env) or None,
-                           timeout=config.judge_timeout, max_retries=0, max_concurrency=config.judge_concurrency)
+        return JudgeClient(config.judge_url, config.judge_model,
+                           api_key=os.environ.get(config.judge_api_key_env) or None, timeout=config.judge_timeout,
+                           max_retries=0, max_concurrency=config.judge_concurrency)
 
     def _build(self, model=None) -> None:
         from .flow import create_estimator
@@ -635,6 +637,7 @@ class Trainer:
         self.model.transformer, self.optimizer = self.accelerator.prepare(self.model.transformer, self.optimizer)
         self.data = open_training_data(config)
         self.cursor = PromptCursor([s.id for s in self.data], config.seed)
+        self._committed_cursor = self.cursor.state()  # what a checkpoint saves until a step completes
         self.cache: OrderedDict[int, PromptEntry] = OrderedDict()
         self.estimator = create_estimator(
             config.flow_backend, config.flow_preset or None, weights=config.flow_weights or None,
@@ -740,16 +743,18 @@ class Trainer:
             from concurrent.futures import ThreadPoolExecutor
 
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="motionnft-judge")
+            futures = [(k, pool.submit(rate, k)) for k in range(images.shape[0])]
+            results = []
             try:
-                futures = [(k, pool.submit(rate, k)) for k in range(images.shape[0])]
-                results = []
                 for k, future in futures:
                     try:
                         results.append((k, future.result(), None))
                     except Exception as error:  # noqa: BLE001
                         results.append((k, None, error))
-            finally:  # Ctrl-C: ratings not yet started are dropped
-                pool.shutdown(wait=True, cancel_futures=True)
+            except BaseException:  # Ctrl-C: drop the ratings not started, do not wait for those in flight
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
         attempts = config.judge_retries + 1
         for k, score, error in results:
             if error is None:
@@ -974,7 +979,8 @@ class Trainer:
         """Report this process's prompts the judge could not rate; under ``judge_failure =
         "stop"`` raise :class:`JudgeFailure` (every process does, at the same point)."""
         stop = self.config.judge_failure == "stop"
-        action = "stopping (judge_failure = \"stop\")" if stop else "prompt skipped this step (judge_failure = \"skip\")"
+        action = ("stopping (judge_failure = \"stop\")" if stop
+                  else "prompt skipped this step (judge_failure = \"skip\")")
         reasons = []
         for index, row in zip(local, reward_rows):
             if row["judge_failure"] is not None:

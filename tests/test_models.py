@@ -204,7 +204,7 @@ def test_a_release_asked_for_that_the_folder_does_not_hold_is_refused(tmp_path, 
     message = str(error.value)
     assert str(first) in message and "'QwenImageEditPipeline'" in message and "qwen_image_edit_plus" in message
     text_to_image = diffusers_folder(tmp_path / "Qwen-Image", "QwenImagePipeline")
-    with pytest.raises(ValueError, match="'QwenImagePipeline'.*expected QwenImageEditPipeline or QwenImageEditPlusPipeline"):
+    with pytest.raises(ValueError, match="'QwenImagePipeline'.*expected QwenImageEditPipeline or QwenImageEditPlus"):
         build_model("qwen_image_edit", path=text_to_image)
 
 

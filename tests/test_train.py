@@ -210,7 +210,8 @@ def test_training_pairs_are_cropped_and_resized_with_lanczos_as_the_release_does
 
     noise = np.random.default_rng(1).integers(0, 256, size=(2, 64, 96, 3), dtype=np.uint8)
     with DatasetWriter(tmp_path / "ds") as writer:
-        writer.add("a", "Raise the arm.", pil_to_tensor(Image.fromarray(noise[0])), pil_to_tensor(Image.fromarray(noise[1])))
+        writer.add("a", "Raise the arm.", pil_to_tensor(Image.fromarray(noise[0])),
+                   pil_to_tensor(Image.fromarray(noise[1])))
     trainer = Trainer(fast_config(tmp_path, "lanczos", data=str(tmp_path / "ds"), resolution=32, prompts_per_epoch=1),
                       show_progress=False)
     entry = trainer.prompt(0)

@@ -72,7 +72,8 @@ def test_with_judge_failure_skip_a_prompt_the_judge_cannot_rate_is_left_out_with
     assert int(row["trained_prompts"]) <= 1  # the other prompt may train; the skipped one does not
     assert float(row["reward_mean"]) == float(row["reward_mean"])  # the failed group's NaN is left out
     logged = capsys.readouterr().err
-    assert "step 1: prompt " in logged and reason in logged and 'prompt skipped this step (judge_failure = "skip")' in logged
+    assert "step 1: prompt " in logged and reason in logged
+    assert 'prompt skipped this step (judge_failure = "skip")' in logged
     rows = read_csv(tmp_path / "run" / "metrics.csv")
     assert rows[0]["judge_skipped_prompts"] == "1"
 
@@ -139,18 +140,25 @@ def test_any_error_in_a_step_saves_the_last_completed_step_then_propagates(tmp_p
     from motionnft.train import Trainer
 
     rollouts = Trainer.rollouts
+    broken_step = [1]
 
-    def broken_in_step_2(self, entry, generator):
-        if self.step == 1:
+    def broken(self, entry, generator):
+        if self.step == broken_step[0]:
             raise OSError("No space left on device")
         return rollouts(self, entry, generator)
 
-    monkeypatch.setattr(Trainer, "rollouts", broken_in_step_2)
+    monkeypatch.setattr(Trainer, "rollouts", broken)
     with pytest.raises(OSError, match="No space left on device"):
         train(fast_config(tmp_path, "run", max_steps=3), resume=None, show_progress=False)
     checkpoints = tmp_path / "run" / "checkpoints"
     assert (checkpoints / "latest").read_text().strip() == "step-000001"
     assert torch.load(checkpoints / "step-000001" / "trainer_state.pt", weights_only=True)["step"] == 1
+
+    broken_step[0] = 0  # in the first step: the state before it, data cursor at its start
+    with pytest.raises(OSError):
+        train(fast_config(tmp_path, "first", max_steps=3), resume=None, show_progress=False)
+    state = torch.load(tmp_path / "first" / "checkpoints" / "step-000000" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 0 and state["cursor"] == {"pass_index": 0, "position": 0, "retired": []}
 
 
 @pytest.mark.parametrize(("setting", "value"), [("judge_failure", "retry"), ("judge_retries", -1),
