@@ -58,11 +58,8 @@ def _configs(args):
     from .reward import MASConfig, MotionRewardConfig
 
     config = MotionRewardConfig(variant=args.variant)
-    mas = MASConfig(
-        alpha=args.mas_alpha,
-        d_min=config.distance_min if args.mas_d_min is None else args.mas_d_min,
-        d_max=args.mas_d_max,
-    )
+    given = {} if args.mas_d_min is None else {"d_min": args.mas_d_min}
+    mas = MASConfig(alpha=args.mas_alpha, d_max=args.mas_d_max, **given).for_reward(config)  # default d_min: eps^q
     return config, mas
 
 
@@ -434,7 +431,7 @@ def _command_mine(args) -> int:
 
 def _command_train(args) -> int:
     try:
-        from .train import load_config, train
+        from .train import JudgeFailure, load_config, train
     except ImportError as error:
         raise ValueError(f"the trainer needs the train extra: pip install 'motionnft[train]' ({error})") from None
 
@@ -449,7 +446,11 @@ def _command_train(args) -> int:
 
         print(config_to_toml(config), end="")
         return 0
-    result = train(config, resume=None if args.resume == "none" else args.resume)
+    try:
+        result = train(config, resume=None if args.resume == "none" else args.resume)
+    except JudgeFailure as error:  # the state of the last completed step is saved: running again resumes
+        print(f"motionnft train: stopped: {error}", file=sys.stderr)
+        return 3
     return 130 if result.interrupted else 0
 
 

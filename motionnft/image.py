@@ -123,11 +123,51 @@ def to_gray_uint8(image: torch.Tensor) -> np.ndarray:
     return (image * 255.0).round().to(torch.uint8).cpu().numpy()
 
 
+def resize_lanczos(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Lanczos resize (PIL's, antialiased when shrinking) of ``(B, C, H, W)`` to ``size = (H', W')``.
+
+    Each channel is resized as a 32-bit float PIL image in PIL's two passes (columns, then
+    rows), clamped to [0, 1] after each pass as PIL's 8-bit resize clips, but not rounded to
+    8 bits: for an image read from an 8-bit file the result is PIL's
+    ``Image.resize(..., LANCZOS)`` of that file to within its 8-bit rounding (< 1.5/255).
+    Returns the input when the size already matches.
+
+    Args:
+        image: ``(B, C, H, W)`` float in [0, 1].
+        size: ``(H', W')``.
+
+    Returns:
+        ``(B, C, H', W')`` on the input's device and dtype.
+
+    Example:
+        >>> resize_lanczos(torch.rand(2, 3, 64, 96), (32, 32)).shape
+        torch.Size([2, 3, 32, 32])
+    """
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    height, width = size
+
+    def lanczos(plane: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+        resized = Image.fromarray(np.ascontiguousarray(plane)).resize(size_wh, Image.Resampling.LANCZOS)  # mode "F"
+        return np.clip(np.asarray(resized), 0.0, 1.0)
+
+    array = image.detach().float().cpu().numpy()
+    out = np.empty(array.shape[:2] + (height, width), dtype=np.float32)
+    for b in range(array.shape[0]):
+        for c in range(array.shape[1]):
+            columns = lanczos(array[b, c], (width, array.shape[2]))
+            out[b, c] = lanczos(columns, (width, height))
+    return torch.from_numpy(out).to(device=image.device, dtype=image.dtype)
+
+
 def center_crop_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Centre-crop ``(B, C, H, W)`` to the aspect ratio of ``size = (H', W')``, then resize to it.
 
     The largest centred window of the target aspect ratio is kept (nothing is padded or
-    stretched), then resized with :func:`resize_image` (plain bilinear).
+    stretched), then resized with :func:`resize_lanczos` (Lanczos, antialiased): what the
+    MotionNFT release does to its training pairs (``crop`` to the centred square, then
+    ``resize((512, 512), LANCZOS)``), so reference latents and ground-truth flows see the
+    same pixels.
     """
     height, width = image.shape[-2:]
     target_h, target_w = size
@@ -136,4 +176,4 @@ def center_crop_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     else:
         crop_h, crop_w = height, max(1, round(height * target_w / target_h))
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    return resize_image(image[..., top : top + crop_h, left : left + crop_w], size)
+    return resize_lanczos(image[..., top : top + crop_h, left : left + crop_w], size)

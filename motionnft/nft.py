@@ -32,6 +32,8 @@ class NFTConfig:
     kl_weight: float = 1e-4
     """Weight of ``mean‖v_θ − v_ref‖²`` (``v_ref``: the base model, adapters off)."""
     advantage_clip: float = 5.0
+    """Advantages are clipped to ``±advantage_clip`` and mapped to ``r = A / (2·clip) + ½``
+    (the reference's ``adv_clip_max``)."""
     std_eps: float = 1e-4
     group_std_min: float = 0.05
     """A prompt trains only if its rollouts' reward std exceeds this ..."""
@@ -48,6 +50,8 @@ class NFTConfig:
     def __post_init__(self):
         if self.beta <= 0:
             raise ValueError(f"nft beta must be positive, got {self.beta}")
+        if self.advantage_clip <= 0:
+            raise ValueError(f"nft advantage_clip must be positive, got {self.advantage_clip}")
         if not 0 < self.timestep_fraction <= 1:
             raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
 
@@ -57,7 +61,7 @@ class OptimalityRewards:
     """The result of :func:`optimality_rewards` for ``P`` prompts × ``K`` rollouts."""
 
     reward: torch.Tensor
-    """``(P, K)`` optimality probability ``r = clip(A/10 + 0.5, 0, 1)``."""
+    """``(P, K)`` optimality probability ``r = clip(A / (2·clip) + 0.5, 0, 1)`` (``A/10 + ½`` at clip 5)."""
     advantage: torch.Tensor
     """``(P, K)`` ``A = clip((raw − mean_prompt) / (std_global + eps), ±clip)``."""
     prompt_mean: torch.Tensor
@@ -73,7 +77,12 @@ class OptimalityRewards:
 
 
 def optimality_rewards(raw: torch.Tensor, config: NFTConfig = NFTConfig()) -> OptimalityRewards:
-    """Optimality rewards and group filters from raw rewards ``(P, K)`` (one row per prompt)."""
+    """Optimality rewards and group filters from raw rewards ``(P, K)`` (one row per prompt).
+
+    ``A = clip((raw − mean_prompt) / (std_global + eps), ±c)`` and
+    ``r = clip((A / c) / 2 + ½, 0, 1)`` with ``c = advantage_clip``, as the reference maps
+    its clipped advantages: the clip range spans ``r ∈ [0, 1]``.
+    """
     if raw.ndim != 2 or raw.shape[1] < 1:
         raise ValueError(f"raw rewards: expected shape (prompts, rollouts), got {tuple(raw.shape)}")
     raw = raw.double()
@@ -82,7 +91,7 @@ def optimality_rewards(raw: torch.Tensor, config: NFTConfig = NFTConfig()) -> Op
     global_std = float(raw.std(unbiased=False))
     advantage = ((raw - mean[:, None]) / (global_std + config.std_eps)).clamp(-config.advantage_clip,
                                                                                config.advantage_clip)
-    reward = (advantage / 10 + 0.5).clamp(0, 1)
+    reward = (advantage / config.advantage_clip / 2 + 0.5).clamp(0, 1)
     train = (std > config.group_std_min) & (mean < config.group_mean_max)
     retire = (std < config.group_std_min) & (mean > config.group_mean_max)
     return OptimalityRewards(reward.float(), advantage.float(), mean.float(), std.float(), global_std, train, retire)

@@ -22,7 +22,7 @@ d_min = ε^q, d_max = 1 and every report prints them.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -71,12 +71,28 @@ class MotionRewardConfig:
 DEFAULT_REWARD_CONFIG = MotionRewardConfig()
 
 
+class _DMinOfReward(float):
+    """The default :attr:`MASConfig.d_min`: a float (``ε^q`` of the default reward config,
+    ≈ 0.00398) that also says "``D_min`` of the reward config MAS is computed with"
+    (:meth:`MASConfig.for_reward`), so a changed ``eps`` or ``q`` moves it too."""
+
+    __slots__ = ()
+
+
+D_MIN_OF_REWARD = _DMinOfReward(DEFAULT_REWARD_CONFIG.distance_min)
+
+
 @dataclass(frozen=True)
 class MASConfig:
-    """Constants of the Motion Alignment Score; MAS figures must be printed with them."""
+    """Constants of the Motion Alignment Score; MAS figures must be printed with them.
+
+    ``d_min`` defaults to ``D_min = ε^q`` of the reward config the score is computed with
+    (every function here resolves it with :meth:`for_reward`; results carry the resolved
+    config); a number given explicitly is kept.
+    """
 
     alpha: float = 0.7
-    d_min: float = DEFAULT_REWARD_CONFIG.distance_min
+    d_min: float = D_MIN_OF_REWARD
     d_max: float = 1.0
     hard_failure_ratio: float = 0.01
     """MAS is 0 when ``mean‖Vp‖ / mean‖Vg‖`` is below this (the edit barely moves)."""
@@ -86,6 +102,16 @@ class MASConfig:
             raise ValueError(f"MAS alpha must be in [0, 1], got {self.alpha}")
         if self.d_max <= self.d_min:
             raise ValueError(f"MAS d_max {self.d_max} must exceed d_min {self.d_min}")
+
+    @property
+    def d_min_from_reward(self) -> bool:
+        """True while ``d_min`` is the default, i.e. follows the reward config's ``ε^q``."""
+        return isinstance(self.d_min, _DMinOfReward)
+
+    def for_reward(self, reward: MotionRewardConfig) -> "MASConfig":
+        """This config with the default ``d_min`` replaced by ``reward.distance_min``
+        (``ε^q`` of ``reward``); unchanged when ``d_min`` was given."""
+        return replace(self, d_min=reward.distance_min) if self.d_min_from_reward else self
 
     def describe(self) -> str:
         return (
@@ -206,10 +232,17 @@ class MASResult:
     movement_ratio: torch.Tensor
     """``mean‖Vp‖ / mean‖Vg‖``; +inf where the ground truth does not move at all."""
     config: MASConfig = field(default_factory=MASConfig)
+    """The constants used (``d_min`` resolved)."""
 
 
-def mas_from_terms(terms: MotionTerms, config: MASConfig = MASConfig()) -> MASResult:
-    """MAS from already computed terms (see :func:`motion_alignment_score`)."""
+def mas_from_terms(terms: MotionTerms, config: MASConfig = MASConfig(),
+                   reward_config: MotionRewardConfig = DEFAULT_REWARD_CONFIG) -> MASResult:
+    """MAS from already computed terms (see :func:`motion_alignment_score`).
+
+    ``reward_config`` is the config the terms were computed with; the default ``d_min`` is
+    its ``ε^q``.
+    """
+    config = config.for_reward(reward_config)
     distance = config.alpha * terms.magnitude + (1.0 - config.alpha) * terms.direction
     normalised = ((distance - config.d_min) / (config.d_max - config.d_min)).clamp(0.0, 1.0)
     target_moves = terms.motion_target > 0
@@ -231,7 +264,7 @@ def motion_alignment_score(
     terms_config: MotionRewardConfig = DEFAULT_REWARD_CONFIG,
 ) -> MASResult:
     """MAS of edits against ground truths from their flows ``(B, 2, H, W)`` (pixels)."""
-    return mas_from_terms(motion_terms(flow_edit, flow_target, terms_config), config)
+    return mas_from_terms(motion_terms(flow_edit, flow_target, terms_config), config, terms_config)
 
 
 @dataclass
@@ -300,7 +333,7 @@ def motion_reward_from_flows(
         distance=distance,
         reward_continuous=reward_continuous,
         reward=reward,
-        mas=mas_from_terms(terms, mas_config),
+        mas=mas_from_terms(terms, mas_config, config),
         config=config,
         flow_edit=flow_edit,
         flow_target=flow_target,

@@ -18,7 +18,10 @@ One optimiser step ("epoch" in DiffusionNFT's words):
 
 Every random draw comes from a generator seeded by (seed, step, prompt, purpose), so a
 run resumed from a checkpoint repeats the uninterrupted run exactly. Checkpoints are
-written atomically every ``save_every`` steps, at the end and on Ctrl-C.
+written atomically every ``save_every`` steps, at the end, on Ctrl-C and on any error in
+a step (the state of the last completed step; the error is raised again). A judge rating
+that still fails after ``judge_retries`` retries skips its prompt for the step or stops the
+run (``judge_failure``).
 
 Multi-GPU: launch with ``accelerate launch`` (DDP or FSDP; configs in
 ``motionnft/configs/accelerate/``).
@@ -34,7 +37,9 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
+import re
 import shutil
 import signal
 import sys
@@ -54,6 +59,8 @@ CONFIG_FILE = Path(__file__).with_name("configs") / "train.toml"
 PRESETS = ("tiny", "kontext", "qwen")
 LORA_FILE = "motionnft_lora.safetensors"
 STATE_FILE = "trainer_state.pt"
+LOSS_AVERAGES = ("micro_batch", "all")
+JUDGE_FAILURES = ("stop", "skip")
 
 
 # ----------------------------------------------------------------------------------------
@@ -88,6 +95,11 @@ class TrainConfig:
     judge_url: str = ""
     judge_model: str = ""
     judge_api_key_env: str = "MOTIONNFT_JUDGE_API_KEY"
+    judge_timeout: float = 120.0
+    judge_retries: int = 3
+    judge_backoff: float = 1.0
+    judge_failure: str = "stop"
+    judge_concurrency: int = 8
     motion_weight: float = -1.0
     judge_weight: float = -1.0
     beta: float = 1.0
@@ -110,6 +122,7 @@ class TrainConfig:
     lora_targets: list = field(default_factory=list)
     train_batch_size: int = 4
     optimizer_steps_per_epoch: int = 1
+    loss_average: str = "micro_batch"
     max_steps: int = 300
     save_every: int = 10
     keep_checkpoints: int = 3
@@ -137,6 +150,14 @@ class TrainConfig:
         need(self.rollouts_per_prompt >= 2, "rollouts_per_prompt must be >= 2 (advantages compare rollouts)")
         need(self.save_every >= 0 and self.keep_checkpoints >= 1, "save_every >= 0 and keep_checkpoints >= 1")
         need(self.reward_variant in ("code", "paper"), f"reward_variant {self.reward_variant!r}: expected code or paper")
+        need(self.loss_average in LOSS_AVERAGES,
+             f"loss_average {self.loss_average!r}: expected one of {', '.join(LOSS_AVERAGES)}")
+        need(self.judge_failure in JUDGE_FAILURES,
+             f"judge_failure {self.judge_failure!r}: expected one of {', '.join(JUDGE_FAILURES)}")
+        need(self.judge_retries >= 0, f"judge_retries must be >= 0, got {self.judge_retries}")
+        need(self.judge_concurrency >= 1, f"judge_concurrency must be >= 1, got {self.judge_concurrency}")
+        need(self.judge_timeout > 0, f"judge_timeout must be positive, got {self.judge_timeout}")
+        need(self.judge_backoff >= 0, f"judge_backoff must be >= 0, got {self.judge_backoff}")
         need(self.flow_precision in ("", *PRECISIONS),
              f"flow_precision {self.flow_precision!r}: expected one of {', '.join(PRECISIONS)} (or \"\" for fp32)")
         return self
@@ -166,38 +187,65 @@ def _toml():
     return tomllib
 
 
+_EXPECTED = {bool: "a boolean (true or false)", int: "an integer", float: "a number",
+             list: 'a list (a TOML array, e.g. ["to_q", "to_k"])', str: "a string"}
+
+
+def _setting_type(value) -> type:
+    """The type a setting takes, from its default value (bool before int: True is an int)."""
+    return next((kind for kind in (bool, int, float, list) if isinstance(value, kind)), str)
+
+
+def _fits(value, kind: type) -> bool:
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
 def _apply(config: TrainConfig, values: dict, where: str) -> None:
     names = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for key, value in values.items():
         if key not in names:
             raise ValueError(f"{where}: unknown setting {key!r} (see motionnft/configs/train.toml)")
-        current = getattr(config, key)
-        if isinstance(current, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(current, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value) if ok else value
-        elif isinstance(current, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(current, list):
-            ok = isinstance(value, list)
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            raise ValueError(f"{where}: {key} = {value!r}: expected a {type(current).__name__}")
-        setattr(config, key, value)
+        kind = _setting_type(getattr(config, key))
+        if not _fits(value, kind):
+            raise ValueError(f"{where}: {key} = {value!r}: expected {_EXPECTED[kind]}")
+        setattr(config, key, float(value) if kind is float else value)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"key=value"`` -> (key, value); the value is read as TOML, else taken as a string."""
+    """``"KEY=VALUE"`` -> (key, value), VALUE read as the type of the setting KEY.
+
+    VALUE is TOML: numbers, ``true``/``false``, ``"strings"``, ``[lists]``. A string
+    setting also takes a bare word (``model=tiny_flux_kontext``,
+    ``judge_url=http://127.0.0.1:8000/v1``); an integer is a valid number.
+
+    Raises:
+        ValueError naming the setting, the value and the type expected: an unknown setting,
+        or a value that is not valid TOML of the setting's type (e.g. ``max_steps=1O``,
+        ``beta=.5``, ``lora_targets=[to_q``, ``model_path="/unterminated``).
+    """
     if "=" not in text:
         raise ValueError(f"override {text!r}: expected KEY=VALUE")
     key, raw = (part.strip() for part in text.split("=", 1))
+    defaults = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if key not in defaults:
+        raise ValueError(f"--set {key}={raw}: unknown setting {key!r} (see motionnft/configs/train.toml)")
+    kind = _setting_type(getattr(TrainConfig(), key))
     try:
-        value = _toml().loads(f"v = {raw}")["v"]
+        value, valid = _toml().loads(f"v = {raw}")["v"], True
     except Exception:
-        value = raw
-    return key, value
+        value, valid = None, False
+    if kind is str:
+        if valid and isinstance(value, str):
+            return key, value
+        if raw and raw[0] not in "\"'[{" and "\n" not in raw:  # a bare word
+            return key, raw
+        raise ValueError(f"--set {key}={raw}: {key} expects a string: \"...\" (TOML) or a bare word")
+    if valid and _fits(value, kind):
+        return key, float(value) if kind is float else value
+    why = f"{raw!r} is not valid TOML" if not valid else f"got {type(value).__name__} {value!r}"
+    raise ValueError(f"--set {key}={raw}: {key} expects {_EXPECTED[kind]}; {why}")
 
 
 def load_config(preset: str | None = "tiny", config_file: str | os.PathLike | None = None,
@@ -245,7 +293,15 @@ def derived_generator(seed: int, *keys) -> torch.Generator:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNG states as tensors and plain containers (loadable with ``weights_only``):
+    numpy's ``("MT19937", keys, pos, has_gauss, cached_gaussian)`` with its key array as a tensor."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -253,7 +309,9 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -465,6 +523,31 @@ class MetricsLog:
 # ----------------------------------------------------------------------------------------
 # the trainer
 # ----------------------------------------------------------------------------------------
+class JudgeFailure(RuntimeError):
+    """The judge could not rate a rollout after ``judge_retries`` retries and
+    ``judge_failure = "stop"``: the run saved its last completed step and stops."""
+
+
+def optimality_of_rated(raw: torch.Tensor, rated: torch.Tensor, config):
+    """:func:`~motionnft.nft.optimality_rewards` over the prompts (rows of ``raw``, ``(P, K)``)
+    whose rollouts were all rated (``rated``, ``(P,)`` bool); the others neither train nor
+    retire (reward ½, advantage 0, NaN statistics)."""
+    from .nft import OptimalityRewards, optimality_rewards
+
+    prompts, rollouts = raw.shape
+    result = OptimalityRewards(
+        reward=torch.full((prompts, rollouts), 0.5), advantage=torch.zeros(prompts, rollouts),
+        prompt_mean=torch.full((prompts,), float("nan")), prompt_std=torch.full((prompts,), float("nan")),
+        global_std=float("nan"), train=torch.zeros(prompts, dtype=torch.bool),
+        retire=torch.zeros(prompts, dtype=torch.bool))
+    if bool(rated.any()):
+        kept = optimality_rewards(raw[rated], config)
+        for name in ("reward", "advantage", "prompt_mean", "prompt_std", "train", "retire"):
+            getattr(result, name)[rated] = getattr(kept, name)
+        result.global_std = kept.global_std
+    return result
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -506,8 +589,12 @@ class Trainer:
             raise ValueError(f"judge_url is set but the judge client (motionnft.judge) cannot be imported: {error}") \
                 from None
 
-        return JudgeClient(self.config.judge_url, self.config.judge_model,
-                           api_key=os.environ.get(self.config.judge_api_key_env) or None)
+        # The trainer retries a failed rating itself (judge_retries, any error), so the
+        # client makes one attempt per call; judge_concurrency requests may be in flight.
+        config = self.config
+        return JudgeClient(config.judge_url, config.judge_model,
+                           api_key=os.environ.get(config.judge_api_key_env) or None, timeout=config.judge_timeout,
+                           max_retries=0, max_concurrency=config.judge_concurrency)
 
     def _build(self, model=None) -> None:
         from .flow import create_estimator
@@ -550,6 +637,7 @@ class Trainer:
         self.model.transformer, self.optimizer = self.accelerator.prepare(self.model.transformer, self.optimizer)
         self.data = open_training_data(config)
         self.cursor = PromptCursor([s.id for s in self.data], config.seed)
+        self._committed_cursor = self.cursor.state()  # what a checkpoint saves until a step completes
         self.cache: OrderedDict[int, PromptEntry] = OrderedDict()
         self.estimator = create_estimator(
             config.flow_backend, config.flow_preset or None, weights=config.flow_weights or None,
@@ -605,19 +693,93 @@ class Trainer:
                                config=self.reward_config, flow_target=entry.flow_target)
         raw = self.weights[0] * motion.reward.float()
         judge_scores = torch.full_like(raw, float("nan"))
+        failure = None
         if self.judge is not None and self.weights[1] > 0:
-            judge_scores = torch.tensor([float(self.judge.rate_training_reward(entry.input_image, images[i:i + 1], prompt))
-                                         for i in range(images.shape[0])])
+            scores, failures = self.judge_scores(entry.input_image, images, prompt)
+            judge_scores = torch.tensor(scores, dtype=raw.dtype)
             raw = raw + self.weights[1] * judge_scores
+            if failures:
+                first = min(failures)
+                failure = (f"the judge could not rate {len(failures)} of {len(scores)} rollouts; rollout {first + 1}: "
+                           f"{failures[first]}")
         return {"raw": raw, "motion": motion.reward.float(), "motion_continuous": motion.reward_continuous.float(),
-                "mas": motion.mas.score.float(), "judge": judge_scores}
+                "mas": motion.mas.score.float(), "judge": judge_scores, "judge_failure": failure}
 
-    def loss_phase(self, items: list[tuple], global_count: int, batches: int, bar=None) -> dict:
+    def judge_scores(self, input_image: torch.Tensor, images: torch.Tensor, prompt: str) -> tuple[list, dict]:
+        """The judge's reward of each rollout ``(K, 3, H, W)``: ``(scores, failures)``.
+
+        Up to ``judge_concurrency`` ratings run at once. A rating that raises (unreachable
+        server, timeout, HTTP error, malformed answer) or is not a number in [0, 1] is asked
+        again up to ``judge_retries`` times, ``judge_backoff`` seconds after the first failure
+        and twice as long after each further one (at most 60 s). ``scores[k]`` is NaN and
+        ``failures[k]`` the last error's text for a rollout still unrated then.
+        """
+        config = self.config
+
+        def rate(k: int) -> float:
+            attempts = config.judge_retries + 1
+            for attempt in range(attempts):
+                try:
+                    score = float(self.judge.rate_training_reward(input_image, images[k:k + 1], prompt))
+                    if not 0.0 <= score <= 1.0:  # NaN included
+                        raise ValueError(f"the judge returned {score!r}, expected a reward in [0, 1]")
+                    return score
+                except Exception:  # noqa: BLE001 - any judge failure is reported, not fatal here
+                    if attempt + 1 == attempts:
+                        raise
+                    time.sleep(min(config.judge_backoff * 2**attempt, 60.0))
+            raise AssertionError("unreachable")
+
+        scores, failures = [float("nan")] * images.shape[0], {}
+        workers = min(config.judge_concurrency, images.shape[0])
+        if workers <= 1:
+            results = []
+            for k in range(images.shape[0]):
+                try:
+                    results.append((k, rate(k), None))
+                except Exception as error:  # noqa: BLE001
+                    results.append((k, None, error))
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="motionnft-judge")
+            futures = [(k, pool.submit(rate, k)) for k in range(images.shape[0])]
+            results = []
+            try:
+                for k, future in futures:
+                    try:
+                        results.append((k, future.result(), None))
+                    except Exception as error:  # noqa: BLE001
+                        results.append((k, None, error))
+            except BaseException:  # Ctrl-C: drop the ratings not started, do not wait for those in flight
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
+        attempts = config.judge_retries + 1
+        for k, score, error in results:
+            if error is None:
+                scores[k] = score
+            else:
+                text = str(error).strip() or type(error).__name__
+                failures[k] = f"{type(error).__name__}: {text} ({attempts} attempt{'s' if attempts > 1 else ''})"
+        return scores, failures
+
+    def loss_phase(self, items: list[tuple], global_count: int, batches: int, bar=None,
+                   global_batches: int | None = None) -> dict:
         """Forward/backward over (x0, t, r, condition) items in micro-batches.
 
         ``batches`` is the same on every process (padded with zero-weight batches) so that
-        DDP/FSDP collectives line up; each term is weighted ``world / global_count`` so
-        the averaged gradient is the mean over all sample-timesteps.
+        DDP/FSDP collectives line up; DDP averages the processes' gradients, so a weight of
+        ``world / n`` makes a term count ``1 / n`` of the step's gradient:
+
+        - ``loss_average = "all"``: each term weighs ``world / global_count``: the gradient
+          is the mean over all ``global_count`` sample-timesteps of the step;
+        - ``"micro_batch"`` (the release): a micro-batch's terms weigh
+          ``world / (global_batches · len(micro-batch))``: the gradient is the mean over the
+          step's ``global_batches`` real micro-batches (all processes) of each micro-batch's
+          mean over its sample-timesteps.
+
+        The returned loss terms are the mean over all sample-timesteps either way.
         """
         from .models import Condition
         from .nft import nft_loss
@@ -628,9 +790,13 @@ class Trainer:
         size = config.train_batch_size
         totals = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "positive": 0.0, "negative": 0.0}
         model = self.model
+        per_batch = config.loss_average == "micro_batch"
         for b in range(batches):
             chunk = items[b * size:(b + 1) * size]
-            weight = world / max(global_count, 1)
+            if per_batch:
+                weight = world / max(global_batches or 1, 1) / max(len(chunk), 1)
+            else:
+                weight = world / max(global_count, 1)
             if not chunk:  # padding batch: a real item, zero weight
                 chunk, weight = (items[:1] if items else self._padding_item()), 0.0
             x0 = torch.stack([c[0] for c in chunk]).to(device)
@@ -705,7 +871,14 @@ class Trainer:
         raw_all = accelerator.gather(raw_local).cpu() if world > 1 else raw_local.cpu()
         # gather orders by process; rows of process p are prompts chosen[p::world]
         order = [i for p in range(world) for i in chosen[p::world]]
-        optimality = optimality_rewards(raw_all, self.nft)
+        failed_local = torch.tensor([r["judge_failure"] is not None for r in reward_rows], dtype=torch.int32)
+        failed_all = (accelerator.gather(failed_local.to(accelerator.device)).cpu() if world > 1 else failed_local) > 0
+        rated = ~failed_all
+        if bool(failed_all.any()):  # every process sees it, so they stop (or skip) together
+            self._judge_failed(step, local, reward_rows)
+            optimality = optimality_of_rated(raw_all, rated, self.nft)
+        else:
+            optimality = optimality_rewards(raw_all, self.nft)
         my_rows = slice(rank * len(local), (rank + 1) * len(local))
         train_local = optimality.train[my_rows]
         reward_local = optimality.reward[my_rows]
@@ -745,8 +918,10 @@ class Trainer:
             batches = math.ceil(int(part_counts.max()) / config.train_batch_size)
             if part_global == 0:
                 continue
+            # the real (not padding) micro-batches of this optimiser step, over all processes
+            real_batches = sum(math.ceil(int(c) / config.train_batch_size) for c in part_counts.tolist())
             bar = self._bar(batches, f"step {step + 1} loss")
-            part_losses = self.loss_phase(part, part_global, batches, bar)
+            part_losses = self.loss_phase(part, part_global, batches, bar, real_batches)
             bar.close()
             for key, value in part_losses.items():  # the epoch's mean over all its terms
                 share = value * part_global / global_count
@@ -766,7 +941,7 @@ class Trainer:
 
         with _DeferInterrupt():
             self.step = step + 1
-            decay = ema_decay(step, self.nft)
+            decay = ema_decay(self.step, self.nft)  # as the release: after the step count is incremented
             lerp_(self.ema, self.policies.policy_tensors(), decay)
             eta = old_policy_rate(self.step, self.nft)
             lerp_(self.policies.old_tensors(), self.policies.policy_tensors(), eta)
@@ -781,7 +956,7 @@ class Trainer:
         judge = gathered["judge"]
         row = {
             "step": self.step,
-            "reward_mean": float(raw_all.mean()),
+            "reward_mean": float(raw_all[rated].mean()) if bool(rated.any()) else float("nan"),
             "reward_std": optimality.global_std,
             "motion_reward_mean": float(gathered["motion"].mean()),
             "motion_reward_continuous_mean": float(gathered["motion_continuous"].mean()),
@@ -790,6 +965,7 @@ class Trainer:
             "trained_prompts": int(optimality.train.sum()),
             "trained_terms": global_count,
             "retired_prompts": len(self.cursor.retired),
+            "judge_skipped_prompts": int(failed_all.sum()),
             **losses,
             "grad_norm": grad_norm,
             "old_eta": eta,
@@ -798,6 +974,22 @@ class Trainer:
         }
         self.last_samples = samples[:1]
         return row
+
+    def _judge_failed(self, step: int, local: list[int], reward_rows: list[dict]) -> None:
+        """Report this process's prompts the judge could not rate; under ``judge_failure =
+        "stop"`` raise :class:`JudgeFailure` (every process does, at the same point)."""
+        stop = self.config.judge_failure == "stop"
+        action = ("stopping (judge_failure = \"stop\")" if stop
+                  else "prompt skipped this step (judge_failure = \"skip\")")
+        reasons = []
+        for index, row in zip(local, reward_rows):
+            if row["judge_failure"] is not None:
+                reasons.append(f"prompt {self.data[index].id!r}: {row['judge_failure']}")
+                print(f"step {step + 1}: {reasons[-1]}; {action}", file=sys.stderr)
+        if stop:
+            what = reasons[0] if reasons else "the judge failed in another process (see its log)"
+            raise JudgeFailure(f"step {step + 1}: {what}. judge_failure = \"stop\": the run stops at the last "
+                               "completed step; run it again to resume (or set judge_failure = \"skip\")")
 
     def _sync(self) -> None:
         if torch.cuda.is_available():
@@ -832,11 +1024,16 @@ class Trainer:
         metadata = dict(self._metadata(), **{"motionnft.weights": which})
         return _lora_weights(dict(zip(names, tensors)), self.config, self.model.base, metadata)
 
-    def save_checkpoint(self, interrupted: bool = False) -> Path | None:
-        """Write ``checkpoints/step-N/`` atomically (temp folder + rename) and prune old ones."""
+    def save_checkpoint(self, interrupted: bool = False, wait: bool = True) -> Path | None:
+        """Write ``checkpoints/step-N/`` atomically (temp folder + rename) and prune old ones.
+
+        The main process writes (the LoRA, its EMA and optimiser state are whole on every
+        process); ``wait=False`` skips the barrier, for a failure other processes may not share.
+        """
         from .lora import save_lora
 
-        self.accelerator.wait_for_everyone()
+        if wait:
+            self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return None
         root = self.out / "checkpoints"
@@ -870,10 +1067,35 @@ class Trainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
+        """Restore the state saved by :meth:`save_checkpoint`.
+
+        The state file holds tensors and plain containers only and is read with
+        ``torch.load(weights_only=True)``: a file that would run code when unpickled is
+        refused, never executed.
+
+        Raises:
+            FileNotFoundError without the state file; ValueError naming the file when it is
+            not a trainer state this version wrote.
+        """
         state_file = path / STATE_FILE
         if not state_file.is_file():
             raise FileNotFoundError(f"no trainer state in {path} (looked for {state_file})")
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            # torch's message ends with the unpickler's reason, e.g. "Unsupported global: GLOBAL os.system ..."
+            found = re.search(r"Unsupported global: GLOBAL (\S+)|WeightsUnpickler error: ([^\n]+)", str(error))
+            first = next((g for g in found.groups() if g), "") if found else type(error).__name__
+            first = f"it names {first}" if found and found.group(1) else first
+            raise ValueError(
+                f"refusing to load {state_file}: it holds objects other than tensors and plain containers, which "
+                f"unpickling could use to run code ({first}). A trainer_state.pt this version of motionnft wrote "
+                "holds none: the file comes from elsewhere or from an older version (numpy RNG state as an "
+                "array); start over (--resume none) or use a checkpoint you wrote") from None
+        if not isinstance(state, dict) or not {"names", "policy", "old", "ema", "optimizer", "cursor", "rng",
+                                               "step"} <= set(state):
+            raise ValueError(f"{state_file} is not a MotionNFT trainer state (expected a dict with the LoRA, "
+                             f"optimiser, data cursor and RNG states)")
         if state["names"] != list(self.policies.policy):
             raise ValueError(f"checkpoint {path} holds a LoRA on other modules than this configuration's")
         with torch.no_grad():
@@ -927,7 +1149,7 @@ class Trainer:
                   f"{len(self.policies.policy) // 2} modules; {len(self.data)} prompts ({self.data.layout}); "
                   f"reward motion {self.weights[0]:g}" + (f" + judge {self.weights[1]:g}" if self.weights[1] else "")
                   + f"; {self.accelerator.num_processes} process(es) on {self.accelerator.device}; {where}")
-        interrupted = False
+        interrupted, failure = False, None
         bar = tqdm(total=config.max_steps, initial=self.step, desc="MotionNFT", unit="step", disable=not self.show_progress)
         try:
             while self.step < config.max_steps:
@@ -947,8 +1169,17 @@ class Trainer:
             bar.close()
             self._roll_back_partial_epoch()
             print(f"\ninterrupted: saving the state after step {self.step} ...", file=sys.stderr)
+        except Exception as error:  # a judge that gave up, a full disk, a bug: keep the last completed step
+            failure = error
+            bar.close()
+            self._roll_back_partial_epoch()
+            print(f"\n{type(error).__name__} in step {self.step + 1}: saving the state after step {self.step} ...",
+                  file=sys.stderr)
         finally:
             bar.close()
+        if failure is not None:
+            self._save_after_failure(failure, log)
+            raise failure
         checkpoint_dir = self.save_checkpoint(interrupted=interrupted)
         lora_path = None
         if main:
@@ -959,6 +1190,19 @@ class Trainer:
                   f"{checkpoint_dir}; metrics {log.path}; curve {self.out / 'reward_curve.png'}")
         log.close()
         return TrainResult(self.out, self.step, lora_path, interrupted, log.rows)
+
+    def _save_after_failure(self, failure: Exception, log: MetricsLog) -> None:
+        try:
+            # every process raises a JudgeFailure at the same point; another error may be one process's
+            checkpoint = self.save_checkpoint(interrupted=True, wait=isinstance(failure, JudgeFailure))
+        except Exception as error:  # noqa: BLE001 - the original failure is what gets raised
+            print(f"could not save a checkpoint after the failure: {error}", file=sys.stderr)
+            checkpoint = None
+        finally:
+            log.close()
+        if checkpoint is not None:
+            print(f"stopped after step {self.step}: checkpoint {checkpoint}; run the same command again to resume "
+                  "from it", file=sys.stderr)
 
     def _roll_back_partial_epoch(self) -> None:
         snapshot = getattr(self, "_epoch_snapshot", None)

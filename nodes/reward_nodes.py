@@ -8,7 +8,7 @@ from comfy_api.latest import io, ui
 from ..motionnft.flow import flow_to_color
 from ..motionnft.image import resize_image
 from ..motionnft.report import colorize, render_reward_breakdown
-from ..motionnft.reward import VARIANTS, MASConfig, MotionReward, MotionRewardConfig, motion_reward
+from ..motionnft.reward import VARIANTS, MotionReward, MotionRewardConfig, motion_reward
 from .common import (
     CATEGORY,
     bchw_to_image,
@@ -92,12 +92,10 @@ class MotionRewardNode(io.ComfyNode):
         edited = image_to_bchw("edited_image", edited_image)
         target = image_to_bchw("target_image", target_image)
         estimator = flow_estimator(backend, preset, weights, precision)
-        config = MotionRewardConfig(variant=variant)
         result = motion_reward(
             source, edited, target,
             estimator=estimator,
-            config=config,
-            mas_config=MASConfig(d_min=config.distance_min),
+            config=MotionRewardConfig(variant=variant),
             progress=progress_callback(2 * edited.shape[0]),
         )
         size = tuple(edited.shape[-2:])

@@ -35,6 +35,22 @@ def test_advantages_are_clipped_and_rewards_stay_in_0_1():
     assert float(result.reward.min()) >= 0.0
 
 
+@pytest.mark.parametrize("clip", [5.0, 2.0, 1.0])
+def test_the_clip_range_maps_onto_0_to_1(clip):
+    # the reference: r = clip((A / adv_clip_max) / 2 + 0.5, 0, 1), so -clip -> 0, 0 -> 1/2, +clip -> 1
+    raw = torch.tensor([[0.0, 0.25, 0.5, 0.75, 1.0], [0.1, 0.1, 0.1, 0.1, 0.9]])
+    result = optimality_rewards(raw, NFTConfig(advantage_clip=clip))
+    assert float(result.advantage.abs().max()) <= clip
+    expected = (result.advantage / clip / 2 + 0.5).clamp(0, 1)
+    assert torch.allclose(result.reward, expected, atol=1e-6)
+    # one outlier among 99 equal rewards has |A| ~ 10 before clipping: it lands on 1 (or 0)
+    high = optimality_rewards(torch.tensor([[0.0] * 99 + [1.0]]), NFTConfig(advantage_clip=clip))
+    low = optimality_rewards(torch.tensor([[1.0] * 99 + [0.0]]), NFTConfig(advantage_clip=clip))
+    assert float(high.reward[0, -1]) == pytest.approx(1.0) and float(low.reward[0, -1]) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="advantage_clip"):
+        NFTConfig(advantage_clip=0.0)
+
+
 def test_group_filters_train_informative_prompts_and_retire_solved_ones():
     raw = torch.tensor([
         [0.2, 0.6, 0.4, 0.8],    # std 0.22 > 0.05, mean 0.5 < 0.9  -> trains

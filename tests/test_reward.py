@@ -203,6 +203,26 @@ def test_bad_mas_constants_are_refused():
         MASConfig(d_min=1.0, d_max=0.5)
 
 
+@pytest.mark.parametrize(("eps", "q"), [(1e-6, 0.4), (1e-4, 0.4), (1e-6, 0.5)])
+def test_mas_d_min_follows_the_reward_config_it_is_computed_with(eps, q):
+    # identical flows: D_mag = eps^q = d_min and D_dir = 0, so MAS is 100 whatever eps and q are
+    config = MotionRewardConfig(eps=eps, q=q)
+    flow = uniform_flow(3.0, -2.0, 8, 8)
+    result = motion_reward_from_flows(flow, flow, config)
+    assert result.mas.config.d_min == pytest.approx(eps**q)
+    assert float(result.mas.score) == pytest.approx(100.0)
+    assert float(motion_alignment_score(flow, flow, terms_config=config).score) == pytest.approx(100.0)
+    assert f"d_min={eps**q:.6g}" in result.mas.config.describe()
+
+
+def test_an_explicit_mas_d_min_is_kept_and_the_default_prints_as_eps_to_the_q():
+    flow = uniform_flow(3.0, -2.0, 8, 8)
+    result = motion_reward_from_flows(flow, flow, MotionRewardConfig(eps=1e-4), MASConfig(d_min=0.01))
+    assert result.mas.config.d_min == 0.01 and not result.mas.config.d_min_from_reward
+    assert MASConfig().d_min == pytest.approx(D_MIN) and MASConfig().d_min_from_reward
+    assert MASConfig().for_reward(MotionRewardConfig(q=0.5)).d_min == pytest.approx(1e-6**0.5)
+
+
 def test_flows_of_different_sizes_are_refused_with_names():
     with pytest.raises(ValueError, match="flow_edit is .* but flow_target"):
         motion_terms(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 5))

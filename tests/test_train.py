@@ -65,14 +65,82 @@ def test_resuming_reproduces_an_uninterrupted_run_bitwise(tmp_path):
     a = load_file(tmp_path / "whole" / "motionnft_lora.safetensors")
     b = load_file(tmp_path / "split" / "motionnft_lora.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    state_a = torch.load(tmp_path / "whole/checkpoints/step-000003/trainer_state.pt", weights_only=False)
-    state_b = torch.load(tmp_path / "split/checkpoints/step-000003/trainer_state.pt", weights_only=False)
+    state_a = torch.load(tmp_path / "whole/checkpoints/step-000003/trainer_state.pt", weights_only=True)
+    state_b = torch.load(tmp_path / "split/checkpoints/step-000003/trainer_state.pt", weights_only=True)
     for key in ("policy", "old", "ema"):
         assert all(torch.equal(x, y) for x, y in zip(state_a[key], state_b[key])), key
     assert state_a["cursor"] == state_b["cursor"]
     assert [r["loss"] for r in whole.metrics] == [r["loss"] for r in split.metrics]
     kl = [float(r["kl"]) for r in whole.metrics[1:] if r["kl"] != "nan"]
     assert kl and max(kl) > 0  # the policy has left the base model: the KL term is live
+
+
+def test_the_ema_steps_with_the_decay_of_the_step_just_completed(tmp_path):
+    # the release: global_step += 1, then ema.step(params, global_step), decay min((1+s)/(10+s), 0.9)
+    from motionnft.train import Trainer
+
+    trainer = Trainer(fast_config(tmp_path, "ema"), show_progress=False)
+    for step in (1, 2):
+        before = [e.clone() for e in trainer.ema]
+        row = trainer.train_step()
+        decay = (1 + step) / (10 + step)  # 2/11 after the first optimiser step, 3/12 after the second
+        assert row["step"] == step and row["ema_decay"] == pytest.approx(decay)
+        for ema, old, theta in zip(trainer.ema, before, trainer.policies.policy_tensors()):
+            assert torch.allclose(ema, decay * old + (1 - decay) * theta.detach().float(), atol=1e-7)
+
+
+def loss_gradient(trainer, items, global_count, batches, global_batches):
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.loss_phase(items, global_count, batches, None, global_batches)
+    return torch.cat([p.grad.flatten() for p in trainer.policies.policy_tensors() if p.grad is not None])
+
+
+def test_loss_average_weighs_micro_batches_or_sample_timesteps(tmp_path):
+    # train_batch_size 2, three sample-timesteps: micro-batches [a, b] and [c]
+    from motionnft.train import Trainer
+
+    trainer = Trainer(fast_config(tmp_path, "average", train_batch_size=2, loss_average="all"), show_progress=False)
+    entry, model = trainer.prompt(0), trainer.model
+    generator = torch.Generator().manual_seed(0)
+    x0, noise = model.noise(3, trainer.size, generator), model.noise(3, trainer.size, generator)
+    times = [float(trainer.sigmas[k]) for k in (0, 1, 2)]
+    items = [(x0[i], times[i], r, entry.condition, noise[i]) for i, r in enumerate((0.9, 0.2, 0.7))]
+    alone = [loss_gradient(trainer, [item], 1, 1, 1) for item in items]  # each term's own gradient
+    assert all(g.abs().sum() > 0 for g in alone)
+
+    every_term = loss_gradient(trainer, items, 3, 2, 2)
+    assert torch.allclose(every_term, (alone[0] + alone[1] + alone[2]) / 3, rtol=1e-4, atol=1e-9)
+
+    trainer.config.loss_average = "micro_batch"  # the release: mean per micro-batch, micro-batches equal
+    per_batch = loss_gradient(trainer, items, 3, 2, 2)
+    assert torch.allclose(per_batch, ((alone[0] + alone[1]) / 2 + alone[2]) / 2, rtol=1e-4, atol=1e-9)
+    assert not torch.allclose(per_batch, every_term, rtol=1e-3)
+    # a padding batch (processes with fewer micro-batches run them so DDP lines up) adds nothing
+    assert torch.equal(loss_gradient(trainer, items, 3, 3, 2), per_batch)
+
+
+class RunsCode:
+    """Unpickling this calls ``open(path, "w")``: a stand-in for the code a crafted pickle could run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_checkpoint_that_would_run_code_when_unpickled_is_refused_naming_the_file(tmp_path):
+    train(fast_config(tmp_path, "shared", max_steps=1), resume=None, show_progress=False)
+    state_file = tmp_path / "shared" / "checkpoints" / "step-000001" / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=True)  # what we write: tensors and plain containers only
+    assert isinstance(state["rng"]["numpy"]["keys"], torch.Tensor)
+    marker = tmp_path / "code-ran"
+    state["cursor"] = RunsCode(marker)  # someone shares a doctored checkpoint
+    torch.save(state, state_file)
+    with pytest.raises(ValueError, match="refusing to load") as error:
+        train(fast_config(tmp_path, "shared", max_steps=2), resume="auto", show_progress=False)
+    assert str(state_file) in str(error.value)
+    assert not marker.exists()
 
 
 class CountingJudge:
@@ -131,6 +199,27 @@ def test_a_folder_dataset_is_centre_cropped_to_the_training_size(tmp_path):
     assert float(result.metrics[0]["mas_mean"]) >= 0
 
 
+def test_training_pairs_are_cropped_and_resized_with_lanczos_as_the_release_does(tmp_path):
+    # reference latents and the ground-truth flow come from these pixels
+    import numpy as np
+    from PIL import Image
+
+    from motionnft.data import DatasetWriter
+    from motionnft.image import pil_to_tensor
+    from motionnft.train import Trainer
+
+    noise = np.random.default_rng(1).integers(0, 256, size=(2, 64, 96, 3), dtype=np.uint8)
+    with DatasetWriter(tmp_path / "ds") as writer:
+        writer.add("a", "Raise the arm.", pil_to_tensor(Image.fromarray(noise[0])),
+                   pil_to_tensor(Image.fromarray(noise[1])))
+    trainer = Trainer(fast_config(tmp_path, "lanczos", data=str(tmp_path / "ds"), resolution=32, prompts_per_epoch=1),
+                      show_progress=False)
+    entry = trainer.prompt(0)
+    for image, pixels in ((entry.input_image, noise[0]), (entry.target_image, noise[1])):
+        release = Image.fromarray(pixels).crop((16, 0, 80, 64)).resize((32, 32), Image.Resampling.LANCZOS)
+        assert float((image - pil_to_tensor(release)).abs().max()) < 1.5 / 255
+
+
 def test_the_prompt_cursor_walks_passes_and_skips_retired_prompts():
     cursor = PromptCursor([f"s{i}" for i in range(5)], seed=0)
     first = cursor.take(5)
@@ -149,7 +238,7 @@ def test_the_shipped_defaults_equal_the_config_class_and_presets_apply():
                 for f in dataclasses.fields(TrainConfig)}
     assert shipped["defaults"] == defaults
     assert set(shipped["preset"]) == {"tiny", "kontext", "qwen"}
-    assert load_config("qwen").model == "qwen_image_edit" and load_config("qwen").max_steps == 210
+    assert load_config("qwen").model == "qwen_image_edit_plus" and load_config("qwen").max_steps == 210
     assert load_config("kontext").rollouts_per_prompt == 8 and load_config("kontext").prompts_per_epoch == 24
 
 
@@ -161,12 +250,38 @@ def test_config_files_and_overrides(tmp_path):
     assert parse_override("beta = 0.5") == ("beta", 0.5)
     with pytest.raises(ValueError, match="unknown setting"):
         load_config("tiny", overrides=["nope=1"])
-    with pytest.raises(ValueError, match="expected a int"):
+    with pytest.raises(ValueError, match="max_steps expects an integer"):
         load_config("tiny", overrides=["max_steps='many'"])
     with pytest.raises(ValueError, match="sampler"):
         load_config("tiny", overrides=["sampler='heun'"])
     with pytest.raises(ValueError, match="judge"):
         load_config("tiny", overrides=["judge_weight=0.5"]).reward_weights(has_judge=False)
+
+
+def test_set_values_are_read_as_the_type_of_their_setting():
+    assert parse_override("model=tiny_flux_kontext") == ("model", "tiny_flux_kontext")  # a bare word
+    assert parse_override("judge_url=http://127.0.0.1:8000/v1") == ("judge_url", "http://127.0.0.1:8000/v1")
+    assert parse_override('output_dir="runs/a b"') == ("output_dir", "runs/a b")
+    assert parse_override("beta=1") == ("beta", 1.0) and isinstance(parse_override("beta=1")[1], float)
+    assert parse_override("lora_targets=['to_q', 'to_k']") == ("lora_targets", ["to_q", "to_k"])
+    assert parse_override("gradient_checkpointing=false") == ("gradient_checkpointing", False)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('model_path="/models/FLUX.1-Kontext-dev', "a string"),  # unterminated: not silently '"/models/...'
+    ("flow_preset=[fast", "a string"),
+    ("max_steps=1O", "an integer"),
+    ("max_steps=true", "an integer"),
+    ("beta=.5", "a number"),
+    ("lora_targets=[to_q", "a list"),
+    ("gradient_checkpointing=yes", "a boolean"),
+])
+def test_a_malformed_set_value_is_an_error_naming_the_setting_the_value_and_the_type(text, expected):
+    key, value = text.split("=", 1)
+    with pytest.raises(ValueError) as error:
+        load_config("tiny", overrides=[text])
+    message = str(error.value)
+    assert f"{key} expects {expected}" in message and value in message
 
 
 def test_the_cli_trains_the_tiny_preset(tmp_path, capsys):

@@ -20,6 +20,35 @@ def test_centre_crop_keeps_the_middle_window_of_the_target_aspect():
     assert torch.equal(center_crop_resize(square, (10, 10)), square)
 
 
+def test_shrinking_is_antialiased():
+    # one bright line every three pixels, shrunk 3x: the true average is 1/3 everywhere;
+    # a plain bilinear sampler lands on the bright lines and sees only them
+    stripes = torch.zeros(1, 1, 48, 48)
+    stripes[..., 1::3] = 1.0
+    shrunk = center_crop_resize(stripes, (16, 16))
+    assert shrunk.shape == (1, 1, 16, 16)
+    assert torch.allclose(shrunk, torch.full_like(shrunk, 1 / 3), atol=0.05)
+
+
+def test_crop_and_resize_match_the_release_pil_lanczos(tmp_path):
+    # the release: crop the centred square of the PIL image, then resize((R, R), LANCZOS)
+    import numpy as np
+    from PIL import Image
+
+    from motionnft.image import load_image, resize_lanczos
+
+    rgb = np.random.default_rng(0).integers(0, 256, size=(64, 96, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "wide.png")
+    release = Image.open(tmp_path / "wide.png").crop((16, 0, 80, 64)).resize((40, 40), Image.Resampling.LANCZOS)
+    expected = torch.from_numpy(np.asarray(release, dtype=np.float32) / 255).permute(2, 0, 1).unsqueeze(0)
+    ours = center_crop_resize(load_image(tmp_path / "wide.png"), (40, 40))
+    assert ours.shape == expected.shape == (1, 3, 40, 40)
+    assert float((ours - expected).abs().max()) < 1.5 / 255  # PIL rounds to 8 bits after each pass
+    batch = torch.rand(2, 3, 30, 20, dtype=torch.float64)
+    out = resize_lanczos(batch, (15, 10))
+    assert out.dtype == torch.float64 and out.shape == (2, 3, 15, 10) and 0 <= float(out.min()) <= float(out.max()) <= 1
+
+
 def test_the_synthetic_dataset_moves_each_figure_as_its_instruction_says():
     dataset = motion_edit_dataset(24, size=64, seed=5)
     again = motion_edit_dataset(4, size=64, seed=5)  # the same seed draws the same first samples

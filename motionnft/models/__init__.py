@@ -26,6 +26,10 @@ def build_model(kind: str, path=None, transformer_file=None, dtype: torch.dtype 
                 max_sequence_length: int | None = None) -> EditModel:
     """Load (or, for ``tiny_*`` kinds, build) the model ``kind``; see :data:`MODEL_KINDS`.
 
+    ``qwen_image_edit`` loads the Qwen-Image-Edit release the folder holds (its
+    ``model_index.json``: Qwen-Image-Edit or 2509); ``qwen_image_edit_plus`` insists on
+    2509 and refuses a folder of the first release.
+
     ``path`` is the local diffusers folder and ``transformer_file`` an optional
     single-file transformer; tiny kinds ignore both and use ``seed``, ``tiny_size`` and
     ``tiny_codec``.
@@ -40,7 +44,8 @@ def build_model(kind: str, path=None, transformer_file=None, dtype: torch.dtype 
     if kind in ("qwen_image_edit", "qwen_image_edit_plus"):
         from .qwen_image_edit import load_qwen_image_edit
 
-        return load_qwen_image_edit(path, transformer_file, dtype, plus=kind.endswith("plus"))
+        # qwen_image_edit: the release the folder holds; qwen_image_edit_plus: 2509, or an error
+        return load_qwen_image_edit(path, transformer_file, dtype, plus=True if kind.endswith("plus") else None)
     if kind == "tiny_flux_kontext":
         from .flux_kontext import tiny_flux_kontext
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -266,26 +266,46 @@ class EditModel(abc.ABC):
     def sigmas(self, steps: int, size: tuple[int, int]) -> torch.Tensor:
         """Flow times ``t_0 = 1 > … > t_steps = 0`` of the base pipeline, ``(steps + 1,)`` float64.
 
-        The pipelines' schedule: ``linspace(1, 1/steps, steps)``, shifted (resolution-
-        dependent when the scheduler uses dynamic shifting), then 0.
+        Built by diffusers' own scheduler from the model's scheduler config, called as
+        ``FluxKontextPipeline`` and ``QwenImageEditPipeline`` / ``QwenImageEditPlusPipeline``
+        call it: ``sigmas = linspace(1, 1/steps, steps)`` and ``mu = calculate_shift(N, ...)``
+        with ``N`` the target's token count (reference tokens not counted). The scheduler
+        applies its shift (resolution-dependent ``mu`` when it shifts dynamically) and its
+        ``shift_terminal`` stretch (Qwen-Image: the last sigma before 0 is 0.02), then
+        appends the final 0.
+
+        Args:
+            steps: sampler steps, >= 1.
+            size: ``(H, W)`` of the generated image (pixels).
+
+        Returns:
+            ``(steps + 1,)`` float64, decreasing, last value 0.
+
+        Example:
+            >>> model.sigmas(6, (512, 512)).shape  # doctest: +SKIP
+            torch.Size([7])
         """
         if steps < 1:
             raise ValueError(f"sampling steps must be >= 1, got {steps}")
-        config = self.scheduler_config
-        sigmas = torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float64)
-        if config.get("use_dynamic_shifting", False):
-            tokens = self.token_count(size)
-            base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
-            base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
-            mu = base_shift + (max_shift - base_shift) * (tokens - base_len) / (max_len - base_len)
-            if config.get("time_shift_type", "exponential") == "exponential":
-                sigmas = math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
-            else:
-                sigmas = mu / (mu + (1 / sigmas - 1))
-        else:
-            shift = float(config.get("shift", 1.0))
-            sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
-        return torch.cat((sigmas, sigmas.new_zeros(1)))
+        with quiet_transformers():
+            from diffusers import FlowMatchEulerDiscreteScheduler
+            # The pipelines' calculate_shift (each pipeline holds a "Copied from" copy of this one).
+            from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        config = scheduler.config
+        mu = calculate_shift(self.token_count(size), config.get("base_image_seq_len", 256),
+                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                             config.get("max_shift", 1.15))
+        with np.errstate(divide="ignore", invalid="ignore"):  # a degenerate schedule is refused below
+            scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps), mu=mu)
+        sigmas = scheduler.sigmas.detach().cpu().to(torch.float64)
+        if not bool(torch.isfinite(sigmas).all() and (sigmas[1:] < sigmas[:-1]).all()):
+            # e.g. one step with a shift_terminal: diffusers' stretch divides by 1 - sigma_1 = 0
+            raise ValueError(f"{steps} sampling step(s) at {size[0]}x{size[1]}: {self.name}'s scheduler "
+                             f"({dict(config)}) gives the schedule {sigmas.tolist()}, expected a decreasing "
+                             "schedule from 1 to 0; use more steps")
+        return sigmas
 
     # -- conditioning and the transformer ----------------------------------------------
     @abc.abstractmethod

@@ -1,16 +1,32 @@
-"""Qwen-Image-Edit (and the 2509 "Plus" release) on diffusers.
+"""Qwen-Image-Edit and its 2509 ("Plus") release on diffusers.
 
-As ``QwenImageEditPipeline`` / ``QwenImageEditPlusPipeline`` do: the instruction is
-encoded by Qwen2.5-VL together with the reference image's vision tokens; the reference
-is also VAE-encoded and packed after the target tokens (``img_shapes = [[target,
-reference]]``), and the prediction is sliced back to the target tokens. No guidance
-embedding, no true CFG (guidance 1.0).
+What follows ``QwenImageEditPipeline`` / ``QwenImageEditPlusPipeline`` (diffusers 0.42.1):
+
+- the instruction is encoded by Qwen2.5-VL with the pipeline's own prompt template and
+  the reference image's vision tokens, the image resized as the pipeline resizes it
+  (``calculate_dimensions`` of the image's aspect ratio, PIL Lanczos): to ~1 MP
+  (``1024·1024``) for Qwen-Image-Edit, to ~0.15 MP (``384·384``) for 2509;
+- the reference is VAE-encoded and its packed tokens follow the target's
+  (``img_shapes = [[target, reference]]``); the prediction is sliced back to the target
+  tokens; no guidance embedding, no true CFG (guidance 1.0);
+- the schedule is diffusers' scheduler called as the pipelines call it
+  (:meth:`~motionnft.models.base.EditModel.sigmas`).
+
+Where training differs from the pipelines: the pipelines generate at ~1 MP by default
+and VAE-encode the reference at ~1 MP (``calculate_dimensions(1024·1024, aspect)``); here
+the target *and the reference latents* are at the training size (e.g. 512², so
+``img_shapes`` holds two 32×32 grids), as MotionNFT trains at 512². Only the
+vision-language encoder sees the pipelines' image sizes.
+
+Which release a diffusers folder holds is read from its ``model_index.json``
+(``_class_name``): ``QwenImageEditPipeline`` or ``QwenImageEditPlusPipeline`` (2509).
 """
 
 from __future__ import annotations
 
-import math
+import json
 import os
+from pathlib import Path
 
 import torch
 
@@ -20,7 +36,8 @@ from .flux_kontext import _check_folder
 
 # The last block's text-stream outputs are discarded by the model: see lora_exclusions.
 QWEN_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
-CONDITION_AREA = 384 * 384  # the Plus pipeline's vision-encoder image area
+PIPELINES = {"QwenImageEditPipeline": False, "QwenImageEditPlusPipeline": True}
+"""``model_index.json`` ``_class_name`` -> is it the 2509 ("Plus") release."""
 
 
 class QwenImageEditModel(EditModel):
@@ -44,18 +61,35 @@ class QwenImageEditModel(EditModel):
     def _move_encoders(self, device):
         self.text_pipeline.text_encoder.to(device)
 
-    def _condition_image(self, reference: torch.Tensor, size: tuple[int, int]):
-        if not self.plus:
-            return tensor_to_pil(resize_image(reference.float(), size))
+    def condition_image(self, reference: torch.Tensor):
+        """The reference as the pipeline hands it to the vision-language encoder.
+
+        Args:
+            reference: ``(1, 3, H, W)`` in [0, 1], at any size.
+
+        Returns:
+            A PIL image resized (Lanczos) to ``calculate_dimensions(1024·1024, W/H)``
+            (Qwen-Image-Edit), or a list of one PIL image at
+            ``calculate_dimensions(384·384, W/H)`` (2509): sides multiples of 32, the
+            aspect ratio kept.
+        """
+        with quiet_transformers():
+            from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit, pipeline_qwenimage_edit_plus
+
         height, width = reference.shape[-2:]
-        scale = math.sqrt(CONDITION_AREA / (height * width))
-        target = (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
-        return [tensor_to_pil(resize_image(reference.float(), target))]
+        pil = tensor_to_pil(reference.float())
+        resize = self.text_pipeline.image_processor.resize  # the pipelines' own PIL resize
+        if self.plus:
+            w, h = pipeline_qwenimage_edit_plus.calculate_dimensions(
+                pipeline_qwenimage_edit_plus.CONDITION_IMAGE_SIZE, width / height)
+            return [resize(pil, h, w)]
+        w, h, _ = pipeline_qwenimage_edit.calculate_dimensions(1024 * 1024, width / height)
+        return resize(pil, h, w)
 
     @torch.no_grad()
     def encode_condition(self, prompt, reference, size):
         embeds, mask = self.text_pipeline.encode_prompt(
-            prompt=[prompt], image=self._condition_image(reference, size), device=self.device, num_images_per_prompt=1)
+            prompt=[prompt], image=self.condition_image(reference), device=self.device, num_images_per_prompt=1)
         if mask is None:
             mask = torch.ones(embeds.shape[:2], dtype=torch.long)
         reference_tokens = self.encode_images(resize_image(reference.float(), size))
@@ -91,24 +125,51 @@ def _text_pipeline(text_encoder, processor, tokenizer, scheduler, plus: bool):
                transformer=None)
 
 
+def qwen_edit_release(folder: str | os.PathLike, plus: bool | None = None) -> bool:
+    """Which Qwen-Image-Edit release a diffusers folder holds: True for 2509 ("Plus").
+
+    Args:
+        folder: a diffusers folder with ``model_index.json``.
+        plus: None reads the folder; True (``qwen_image_edit_plus``) or False asks for one
+            release, and a folder that holds the other one is refused.
+
+    Raises:
+        ValueError naming the folder, the ``_class_name`` found and the kind asked for,
+        when the folder is not a Qwen-Image-Edit pipeline or contradicts ``plus``.
+    """
+    index = Path(folder) / "model_index.json"
+    try:
+        found = json.loads(index.read_text()).get("_class_name")
+    except (OSError, json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"Qwen-Image-Edit: cannot read {index}: {error}") from None
+    if found not in PIPELINES:
+        raise ValueError(f"Qwen-Image-Edit: {folder} holds _class_name {found!r} in {index}; expected "
+                         f"{' or '.join(PIPELINES)} (QwenImageEditPlusPipeline is the 2509 release)")
+    if plus is not None and PIPELINES[found] != plus:
+        asked = ("model kind qwen_image_edit_plus (Qwen-Image-Edit-2509, QwenImageEditPlusPipeline)" if plus
+                 else "Qwen-Image-Edit (QwenImageEditPipeline)")
+        hint = "qwen_image_edit reads the release from the folder"
+        raise ValueError(f"Qwen-Image-Edit: {folder} holds _class_name {found!r} ({index}), but {asked} was asked "
+                         f"for; point model_path at the other release or use model = \"qwen_image_edit\" ({hint})")
+    return PIPELINES[found]
+
+
 def load_qwen_image_edit(path: str | os.PathLike | None, transformer_file: str | os.PathLike | None = None,
                          dtype: torch.dtype = torch.bfloat16, plus: bool | None = None) -> QwenImageEditModel:
     """Qwen-Image-Edit / -Edit-2509 from a local diffusers folder, optionally a single-file transformer.
 
-    ``plus=None`` reads the pipeline class from ``model_index.json``
-    (``QwenImageEditPlusPipeline`` is the 2509 release).
+    ``plus=None`` reads the release from ``model_index.json`` (``QwenImageEditPlusPipeline``
+    is 2509); ``plus=True``/``False`` insists on one (see :func:`qwen_edit_release`).
 
     Raises:
-        FileNotFoundError naming every place looked at.
+        FileNotFoundError naming every place looked at; ValueError when the folder holds
+        another pipeline than the one asked for.
     """
-    import json
-
     with quiet_transformers():
         from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline, QwenImageTransformer2DModel
 
     folder = _check_folder(path, "Qwen-Image-Edit", transformer_file)
-    if plus is None:
-        plus = json.loads((folder / "model_index.json").read_text()).get("_class_name") == "QwenImageEditPlusPipeline"
+    plus = qwen_edit_release(folder, plus)
     extra = {}
     if transformer_file is not None:
         extra["transformer"] = QwenImageTransformer2DModel.from_single_file(
