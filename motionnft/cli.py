@@ -765,9 +765,10 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synthetic = data_commands.add_parser(
         "synthetic", help="write N samples of the built-in synthetic motion task as a dataset folder",
-        description="Write COUNT samples of the built-in synthetic motion task (figures that raise or lower an "
-        "arm or step aside as their instruction says) as a dataset folder: metadata.jsonl + images/. "
-        "Seeds other than the tiny preset's training seed give scenes not used in training.",
+        description="Write COUNT samples of the built-in synthetic motion task (a figure that steps right, steps "
+        "left or jumps as its instruction says) as a dataset folder: metadata.jsonl + images/. Every sample has "
+        "its own scene, drawn from the seed and its index: another seed than a run's training seed gives scenes "
+        "that run never trained on.",
     )
     synthetic.add_argument("--count", type=int, required=True, help="number of samples")
     synthetic.add_argument("--seed", type=int, required=True, help="scene seed (the tiny preset trains on seed 0)")

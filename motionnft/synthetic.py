@@ -111,15 +111,37 @@ def background(height: int, width: int, seed: int = 0) -> torch.Tensor:
     return out.clamp(0, 1).float()
 
 
-def render_scene(pose: FigurePose, size: tuple[int, int] = (256, 256), seed: int = 0) -> torch.Tensor:
+def plain_background(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """One random colour with a gentle vertical ramp, ``(3, H, W)`` float32 in [0, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    colour = 0.15 + 0.7 * torch.rand(3, 1, 1, generator=generator, dtype=torch.float64)
+    ramp = torch.linspace(-0.08, 0.08, height, dtype=torch.float64).view(1, height, 1)
+    return (colour + ramp).expand(3, height, width).clamp(0, 1).float()
+
+
+SCENE_STYLES = {
+    # name: (background, texture wavelength scale)
+    "textured": (background, 1.0),
+    # For the tiny model: a plain background and 2.5x coarser part textures leave little
+    # besides the figure to learn, so a 2 M-parameter transformer can learn it on a CPU.
+    "plain": (plain_background, 2.5),
+}
+
+
+def render_scene(pose: FigurePose, size: tuple[int, int] = (256, 256), seed: int = 0,
+                 style: str = "textured") -> torch.Tensor:
     """Draw the figure in ``pose`` over the background; ``(3, H, W)`` float32 in [0, 1].
 
-    ``seed`` chooses the background and the parts' textures (same seed = same scene).
+    ``seed`` chooses the background and the parts' textures (same seed = same scene);
+    ``style`` one of :data:`SCENE_STYLES`.
     """
+    if style not in SCENE_STYLES:
+        raise ValueError(f"scene style {style!r}: expected one of {', '.join(SCENE_STYLES)}")
+    draw_background, texture_scale = SCENE_STYLES[style]
     height, width = size
-    unit = min(height, width)
+    unit = min(height, width) * texture_scale
     points = pixel_grid(height, width, dtype=torch.float64)[0]
-    image = background(height, width, seed).double()
+    image = draw_background(height, width, seed).double()
     parts = _part_coordinates(_geometry(pose, height, width), points)
     for index, name in enumerate(("torso", "arm")):  # the arm is drawn over the torso
         inside, coords = parts[name]
@@ -273,21 +295,57 @@ MOTION_INSTRUCTIONS = {
     "lower": ("Make the figure lower its arm.", dict(arm=-70.0)),
     "right": ("Make the figure take a step to the right.", dict(dx=0.14)),
     "left": ("Make the figure take a step to the left.", dict(dx=-0.14)),
+    "step_right": ("step right", dict(dx=0.25)),
+    "step_left": ("step left", dict(dx=-0.25)),
+    "jump": ("jump", dict(dy=-0.125)),
 }
-"""The built-in motion task: instruction text and the pose change it asks for."""
+"""Every synthetic motion: instruction text and the pose change it asks for."""
 
 
-def motion_edit_dataset(count: int = 64, size: int = 64, seed: int = 0, scenes: int = 8,
+@dataclass(frozen=True)
+class SyntheticTask:
+    """A family of synthetic motion edits: which motions, drawn in which scene style."""
+
+    motions: tuple[str, ...]
+    style: str
+    category: str
+
+
+TASKS = {
+    # The built-in task (the tiny preset, ``motionnft data synthetic``): large, legible
+    # moves (a quarter of the width, an eighth of the height) with short instructions, in
+    # plain scenes, so a tiny model can learn it on a CPU and the reward separates a
+    # performed move from a copy at 64 px.
+    "steps": SyntheticTask(("step_right", "step_left", "jump"), "plain", "locomotion/distance"),
+    # Arm and step edits over textured scenes: the earlier, harder task.
+    "poses": SyntheticTask(("raise", "lower", "right", "left"), "textured", "pose/posture"),
+}
+
+
+def scene_number(seed: int, index: int) -> int:
+    """The scene (background and textures) of sample ``index`` of draw ``seed``.
+
+    A hash of both, so different seeds draw different scenes (a collision has odds of
+    about one in two billion per pair of samples).
+    """
+    import hashlib
+
+    digest = hashlib.blake2b(f"motionnft-scene:{seed}:{index}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+def motion_edit_dataset(count: int = 64, size: int = 64, seed: int = 0, scenes: int | None = None,
                         motions: tuple[str, ...] | None = None, partial_share: float = 0.0,
-                        partial_scale: float = 0.0, first_scene: int = 0):
+                        partial_scale: float = 0.0, first_scene: int = 0, task: str = "steps"):
     """A synthetic motion-editing dataset: figures moved as an instruction says.
 
-    Each sample draws a figure at a random place and arm angle over one of ``scenes``
-    backgrounds (scene numbers ``first_scene … first_scene + scenes − 1``; disjoint ranges
-    give disjoint backgrounds and textures), picks an instruction of :data:`MOTION_INSTRUCTIONS` (or of its subset
-    ``motions``) that the pose allows (the arm is raised only when low, lowered only when
-    high, steps stay in the frame) and renders the target with exactly that motion.
-    Deterministic in ``seed``.
+    Each sample draws a figure at a random place and arm angle, picks an instruction of
+    ``task`` (:data:`TASKS`; or of the subset ``motions`` of :data:`MOTION_INSTRUCTIONS`)
+    that the pose allows (the arm is raised only when low, lowered only when high, steps
+    stay in the frame) and renders the target with exactly that motion. Scenes: with
+    ``scenes=None`` every sample has its own (:func:`scene_number` of ``seed`` and its
+    index, so draws of different seeds share none); with ``scenes=N`` one of the scene
+    numbers ``first_scene … first_scene + N − 1``. Deterministic in ``seed``.
 
     ``partial_share`` of the samples (drawn at random) get a target that carries only
     ``partial_scale`` of the instructed motion (0: the target is the input) — a dataset
@@ -297,7 +355,7 @@ def motion_edit_dataset(count: int = 64, size: int = 64, seed: int = 0, scenes: 
     Returns:
         an :class:`~motionnft.data.EditDataset` (layout ``"synthetic"``) whose samples
         hold PNG bytes, so they behave as a dataset read from disk; ``extra`` carries
-        the instruction key, the two poses and the share of the motion the target shows.
+        the instruction key, the scene, the two poses and the share of the motion shown.
     """
     import io
 
@@ -306,13 +364,18 @@ def motion_edit_dataset(count: int = 64, size: int = 64, seed: int = 0, scenes: 
 
     if count < 1 or size < 32:
         raise ValueError(f"motion_edit_dataset: need count >= 1 and size >= 32, got {count}, {size}")
-    kinds = tuple(MOTION_INSTRUCTIONS) if motions is None else tuple(motions)
+    if task not in TASKS:
+        raise ValueError(f"motion_edit_dataset: task {task!r}: expected one of {', '.join(TASKS)}")
+    style = TASKS[task].style
+    kinds = TASKS[task].motions if motions is None else tuple(motions)
     unknown = [k for k in kinds if k not in MOTION_INSTRUCTIONS]
     if unknown or not kinds:
         raise ValueError(f"motion_edit_dataset: motions {list(kinds)}: expected a non-empty subset of "
                          f"{', '.join(MOTION_INSTRUCTIONS)}")
     if not 0.0 <= partial_share <= 1.0:
         raise ValueError(f"motion_edit_dataset: partial_share must be in [0, 1], got {partial_share}")
+    if scenes is not None and scenes < 1:
+        raise ValueError(f"motion_edit_dataset: scenes must be >= 1 or None, got {scenes}")
     generator = torch.Generator().manual_seed(seed)
 
     def uniform(low: float, high: float) -> float:
@@ -325,7 +388,10 @@ def motion_edit_dataset(count: int = 64, size: int = 64, seed: int = 0, scenes: 
 
     samples = []
     while len(samples) < count:
-        scene = first_scene + int(torch.randint(scenes, (1,), generator=generator))
+        if scenes is None:
+            scene = scene_number(seed, len(samples))
+        else:
+            scene = first_scene + int(torch.randint(scenes, (1,), generator=generator))
         start = FigurePose(x=uniform(0.3, 0.7), y=uniform(0.58, 0.66), arm_angle=uniform(10.0, 140.0))
         allowed = [key for key in kinds
                    if 5.0 <= start.arm_angle + MOTION_INSTRUCTIONS[key][1].get("arm", 0.0) <= 160.0
@@ -341,11 +407,13 @@ def motion_edit_dataset(count: int = 64, size: int = 64, seed: int = 0, scenes: 
         shown = start.moved(**{name: value * scale for name, value in change.items()})
         samples.append(EditSample(
             id=f"synthetic-{len(samples):05d}", prompt=instruction,
-            input_source=png(render_scene(start, (size, size), scene)),
-            target_source=png(render_scene(shown, (size, size), scene)),
-            category="pose/posture" if key in ("raise", "lower") else "locomotion/distance",
-            extra={"motion": key, "scene": scene, "start": vars(start), "goal": vars(goal), "motion_scale": scale},
+            input_source=png(render_scene(start, (size, size), scene, style)),
+            target_source=png(render_scene(shown, (size, size), scene, style)),
+            category="pose/posture" if "arm" in change else "locomotion/distance",
+            extra={"motion": key, "scene": scene, "style": style, "start": vars(start), "goal": vars(goal),
+                   "motion_scale": scale},
         ))
     from pathlib import Path
 
-    return EditDataset(samples, Path(f"<synthetic motion dataset: {count} samples, {size}px, seed {seed}>"), "synthetic")
+    return EditDataset(samples, Path(f"<synthetic motion dataset ({task}): {count} samples, {size}px, seed {seed}>"),
+                       "synthetic")

@@ -59,6 +59,7 @@ CONFIG_FILE = Path(__file__).with_name("configs") / "train.toml"
 PRESETS = ("tiny", "kontext", "qwen")
 LORA_FILE = "motionnft_lora.safetensors"
 STATE_FILE = "trainer_state.pt"
+HELDOUT_FILE = "heldout.json"
 LOSS_AVERAGES = ("micro_batch", "all")
 JUDGE_FAILURES = ("stop", "skip")
 
@@ -131,6 +132,9 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     output_dir: str = "motionnft-run"
     sample_grid_every: int = 10
+    heldout_data: str = ""
+    heldout_samples: int = 16
+    heldout_rollouts: int = 4
 
     def validate(self) -> "TrainConfig":
         from .flow import PRECISIONS
@@ -148,6 +152,8 @@ class TrainConfig:
                      "train_batch_size", "max_steps", "lora_rank", "optimizer_steps_per_epoch", "resolution"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         need(self.rollouts_per_prompt >= 2, "rollouts_per_prompt must be >= 2 (advantages compare rollouts)")
+        need(self.heldout_samples >= 1 and self.heldout_rollouts >= 1,
+             f"heldout_samples and heldout_rollouts must be >= 1, got {self.heldout_samples}, {self.heldout_rollouts}")
         need(self.save_every >= 0 and self.keep_checkpoints >= 1, "save_every >= 0 and keep_checkpoints >= 1")
         need(self.reward_variant in ("code", "paper"), f"reward_variant {self.reward_variant!r}: expected code or paper")
         need(self.loss_average in LOSS_AVERAGES,
@@ -383,17 +389,39 @@ class PromptCursor:
         self.retired = set(state["retired"])
 
 
+HELDOUT_SEED_OFFSET = 1_000_003
+"""The synthetic held-out draw uses ``seed + HELDOUT_SEED_OFFSET``: other scenes than training's."""
+
+
+def _usable(dataset, where: str):
+    usable = [s for s in dataset if s.prompt.strip()]
+    if not usable:
+        raise ValueError(f"dataset {where}: no sample has an instruction (prompt)")
+    dataset.samples = usable
+    return dataset
+
+
 def open_training_data(config: TrainConfig):
     from .data import open_dataset
     from .synthetic import motion_edit_dataset
 
     if config.data == "synthetic":
         return motion_edit_dataset(config.synthetic_samples, size=config.resolution, seed=config.seed)
-    dataset = open_dataset(config.data)
-    usable = [s for s in dataset if s.prompt.strip()]
-    if not usable:
-        raise ValueError(f"dataset {config.data}: no sample has an instruction (prompt)")
-    dataset.samples = usable
+    return _usable(open_dataset(config.data), config.data)
+
+
+def open_heldout_data(config: TrainConfig):
+    """The first ``heldout_samples`` prompts of ``heldout_data`` (None when it is empty)."""
+    from .data import open_dataset
+    from .synthetic import motion_edit_dataset
+
+    if not config.heldout_data:
+        return None
+    if config.heldout_data == "synthetic":
+        return motion_edit_dataset(config.heldout_samples, size=config.resolution,
+                                   seed=config.seed + HELDOUT_SEED_OFFSET)
+    dataset = _usable(open_dataset(config.heldout_data), config.heldout_data)
+    dataset.samples = dataset.samples[:config.heldout_samples]
     return dataset
 
 
@@ -466,6 +494,13 @@ def _lora_weights(named: dict[str, torch.Tensor], config: TrainConfig, base: str
 
     return lora_from_peft_state_dict({k: v.detach().float().cpu() for k, v in named.items()},
                                      alpha=config.lora_alpha, base=base, metadata=metadata)
+
+
+def moving_average(points: list[tuple[float, float]], window: int) -> list[tuple[float, float]]:
+    """Trailing mean of the last ``window`` ``(x, y)`` points at each x."""
+    values = [y for _, y in points]
+    return [(x, sum(values[max(0, i + 1 - window):i + 1]) / (i + 1 - max(0, i + 1 - window)))
+            for i, (x, _) in enumerate(points)]
 
 
 # ----------------------------------------------------------------------------------------
@@ -555,6 +590,10 @@ class TrainResult:
     lora_path: Path | None
     interrupted: bool
     metrics: list[dict]
+    heldout_before: Any = None
+    """:class:`~motionnft.heldout.HeldoutScores` at the run's start (None without ``heldout_data``)."""
+    heldout_after: Any = None
+    """... and of the saved LoRA at its end (None when interrupted)."""
 
 
 class Trainer:
@@ -598,23 +637,13 @@ class Trainer:
 
     def _build(self, model=None) -> None:
         from .flow import create_estimator
-        from .models import build_model
+        from .models import build_from_config
+        from .models.configured import load_base_weights
         from .reward import MotionRewardConfig
 
         config = self.config
         dtype = torch.bfloat16 if config.mixed_precision == "bf16" else torch.float32
-        self.model = model if model is not None else build_model(config.model, path=config.model_path or None,
-                                 transformer_file=config.transformer_file or None, dtype=dtype, seed=config.seed,
-                                 tiny_size=config.tiny_size, tiny_codec=config.tiny_codec,
-                                 guidance=None if config.guidance < 0 else config.guidance,
-                                 max_sequence_length=config.max_sequence_length or None)
-        if config.base_weights:
-            from safetensors.torch import load_file
-
-            missing, unexpected = self.model.transformer.load_state_dict(load_file(config.base_weights), strict=False)
-            if missing or unexpected:
-                raise ValueError(f"base_weights {config.base_weights}: {len(missing)} missing and "
-                                 f"{len(unexpected)} unexpected keys (e.g. {(missing + unexpected)[:3]})")
+        self.model = build_from_config(config, dtype) if model is None else load_base_weights(model, config.base_weights)
         self.model.to(self.accelerator.device, dtype)
         targets = config.lora_targets or list(self.model.lora_target_modules)
         exclude = self.model.lora_exclusions() if hasattr(self.model, "lora_exclusions") else []
@@ -649,34 +678,40 @@ class Trainer:
         self.size = (config.resolution, config.resolution)
         self.sigmas = self.model.sigmas(config.sampling_steps, self.size)
         self.step = 0
+        self._heldout = None
 
     # -- per-prompt cache ---------------------------------------------------------------
     def prompt(self, index: int) -> PromptEntry:
-        from .image import center_crop_resize
-
         if index in self.cache:
             self.cache.move_to_end(index)
             return self.cache[index]
-        sample = self.data[index]
-        input_image = center_crop_resize(sample.input_image(), self.size)
-        target_image = center_crop_resize(sample.target_image(), self.size)
-        condition = self.model.encode_condition(sample.prompt, input_image, self.size)
-        flow_target = self.estimator(input_image, target_image)
-        entry = PromptEntry(condition, input_image, target_image, flow_target)
+        entry = self.prepare(self.data[index])
         self.cache[index] = entry
         while len(self.cache) > self.config.prompt_cache_size:
             self.cache.popitem(last=False)
         return entry
 
+    def prepare(self, sample) -> PromptEntry:
+        """A sample's images at the training size, its condition and its ground-truth flow."""
+        from .image import center_crop_resize
+
+        input_image = center_crop_resize(sample.input_image(), self.size)
+        target_image = center_crop_resize(sample.target_image(), self.size)
+        condition = self.model.encode_condition(sample.prompt, input_image, self.size)
+        flow_target = self.estimator(input_image, target_image)
+        return PromptEntry(condition, input_image, target_image, flow_target)
+
     # -- phases ---------------------------------------------------------------------------
     @torch.no_grad()
-    def rollouts(self, entry: PromptEntry, generator: torch.Generator) -> torch.Tensor:
-        """K samples of one prompt from the old policy: packed latents ``(K, N, C)`` float32 (CPU)."""
+    def rollouts(self, entry: PromptEntry, generator: torch.Generator, policy: str = "old") -> torch.Tensor:
+        """K samples of one prompt from ``policy`` (the old one while training): packed latents
+        ``(K, N, C)`` float32 (CPU)."""
         from .sampling import sample
 
         config = self.config
-        self.policies.use("old")
-        noise = self.model.noise(config.rollouts_per_prompt, self.size, generator)
+        self.policies.use(policy)
+        noise = self.model.noise(config.rollouts_per_prompt if policy == "old" else config.heldout_rollouts,
+                                 self.size, generator)
         out = []
         for start in range(0, noise.shape[0], config.rollout_batch_size):
             chunk = noise[start:start + config.rollout_batch_size].to(self.accelerator.device)
@@ -835,6 +870,64 @@ class Trainer:
         tokens = self.model.token_count(self.size)
         zeros = torch.zeros(tokens, self.model.token_channels())
         return [(zeros, float(self.sigmas[0]), 0.5, entry.condition, zeros)]
+
+    # -- held-out evaluation --------------------------------------------------------------
+    def heldout_entries(self) -> list[tuple[str, PromptEntry]]:
+        """``(sample id, entry)`` of every held-out prompt (empty without ``heldout_data``), built once."""
+        if self._heldout is None:
+            data = open_heldout_data(self.config)
+            self._heldout = [(s.id, self.prepare(s)) for s in data] if data is not None else []
+        return self._heldout
+
+    @contextlib.contextmanager
+    def _ema_as_policy(self):
+        """The policy adapter holds the EMA weights (what is saved) inside the block."""
+        tensors = self.policies.policy_tensors()
+        saved = [p.detach().clone() for p in tensors]
+        with torch.no_grad():
+            for target, source in zip(tensors, self.ema):
+                target.copy_(source)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for target, source in zip(tensors, saved):
+                    target.copy_(source)
+
+    @torch.no_grad()
+    def evaluate_heldout(self, keep_images: int = 4):
+        """Held-out scores of the EMA LoRA: ``heldout_rollouts`` rollouts per prompt, each prompt's
+        noise drawn from ``(seed, "heldout", sample id)`` so every evaluation sees the same noise.
+
+        Returns a :class:`~motionnft.heldout.HeldoutScores`, or None without held-out data.
+        """
+        from .heldout import performed_motion, score_heldout
+        from .reward import motion_reward
+
+        entries = self.heldout_entries()
+        if not entries:
+            return None
+        device = self.accelerator.device
+
+        def rollouts(index: int) -> torch.Tensor:
+            sample_id, entry = entries[index]
+            x0 = self.rollouts(entry, derived_generator(self.config.seed, "heldout", sample_id), policy="policy")
+            return self.model.decode_tokens(x0.to(device), self.size).float().cpu()
+
+        def score(index: int, edits: torch.Tensor) -> dict:
+            entry = entries[index][1]
+            result = motion_reward(entry.input_image, edits, entry.target_image, estimator=self.estimator,
+                                   config=self.reward_config, flow_target=entry.flow_target)
+            return {"reward": result.reward, "reward_continuous": result.reward_continuous, "mas": result.mas.score,
+                    "performed": performed_motion(result.flow_edit, result.flow_target)}
+
+        bar = self._bar(len(entries), f"held-out evaluation (step {self.step})")
+        with self._ema_as_policy():
+            scores = score_heldout([sample_id for sample_id, _ in entries], rollouts, score, self.step,
+                                   keep_images=keep_images, progress=lambda: bar.update(1))
+        bar.close()
+        self.policies.use("policy")
+        return scores
 
     # -- one optimiser step ------------------------------------------------------------
     def train_step(self) -> dict:
@@ -1149,6 +1242,8 @@ class Trainer:
                   f"{len(self.policies.policy) // 2} modules; {len(self.data)} prompts ({self.data.layout}); "
                   f"reward motion {self.weights[0]:g}" + (f" + judge {self.weights[1]:g}" if self.weights[1] else "")
                   + f"; {self.accelerator.num_processes} process(es) on {self.accelerator.device}; {where}")
+        heldout_before = self._heldout_before(main)
+        self.heldout_results = [heldout_before] if heldout_before is not None else []
         interrupted, failure = False, None
         bar = tqdm(total=config.max_steps, initial=self.step, desc="MotionNFT", unit="step", disable=not self.show_progress)
         try:
@@ -1181,15 +1276,70 @@ class Trainer:
             self._save_after_failure(failure, log)
             raise failure
         checkpoint_dir = self.save_checkpoint(interrupted=interrupted)
+        heldout_after = None
+        if heldout_before is not None and not interrupted:
+            heldout_after = self._heldout_after(heldout_before, main)
         lora_path = None
         if main:
             lora_path = self.out / LORA_FILE
             shutil.copyfile(checkpoint_dir / LORA_FILE, lora_path) if checkpoint_dir else None
             self._write_curve(log, render_curves)
+            if heldout_after is not None:
+                from .heldout import format_comparison
+
+                print(format_comparison(heldout_before, heldout_after))
             print(f"{'stopped' if interrupted else 'done'} at step {self.step}: LoRA {lora_path}; checkpoint "
                   f"{checkpoint_dir}; metrics {log.path}; curve {self.out / 'reward_curve.png'}")
         log.close()
-        return TrainResult(self.out, self.step, lora_path, interrupted, log.rows)
+        return TrainResult(self.out, self.step, lora_path, interrupted, log.rows, heldout_before, heldout_after)
+
+    def _heldout_before(self, main: bool):
+        """The held-out scores at the run's start: measured now on a fresh run (or when the run
+        folder has none), read back from ``heldout.json`` on a resumed one."""
+        from .heldout import HeldoutScores, image_grid
+
+        if not self.config.heldout_data:
+            return None
+        path = self.out / HELDOUT_FILE
+        if path.is_file():
+            recorded = json.loads(path.read_text())
+            if recorded.get("before", {}).get("ids") == [i for i, _ in self.heldout_entries()]:
+                return HeldoutScores.from_dict(recorded["before"])
+        scores = self.evaluate_heldout()
+        if main:
+            with atomic_write(path, "w") as handle:
+                json.dump({"before": scores.to_dict()}, handle)
+            entries = self.heldout_entries()[:len(scores.images)]
+            rows = [[entry.input_image[0], entry.target_image[0], images]
+                    for (_, entry), images in zip(entries, scores.images)]
+            self._save_image(image_grid(rows), self.out / "samples" / "heldout-before.png")
+        return scores
+
+    def _heldout_after(self, before, main: bool):
+        """Held-out scores of the saved (EMA) LoRA; writes ``heldout.json`` and the
+        before/after sheet ``samples/heldout.png`` (input, target, K before, K after)."""
+        from .heldout import image_grid
+
+        after = self.evaluate_heldout()
+        if main:
+            with atomic_write(self.out / HELDOUT_FILE, "w") as handle:
+                json.dump({"before": before.to_dict(), "after": after.to_dict()}, handle)
+            before_sheet = self.out / "samples" / "heldout-before.png"
+            if before_sheet.is_file():
+                from .image import load_image
+
+                left = load_image(before_sheet)[0]
+                right = image_grid([[images] for images in after.images])[:, :left.shape[-2]]
+                self._save_image(torch.cat((left[:, :right.shape[-2]], right), dim=-1),
+                                 self.out / "samples" / "heldout.png")
+        self.heldout_results = [before, after]
+        return after
+
+    @staticmethod
+    def _save_image(image: torch.Tensor, path: Path) -> None:
+        from .image import save_image
+
+        save_image(image, path)
 
     def _save_after_failure(self, failure: Exception, log: MetricsLog) -> None:
         try:
@@ -1220,11 +1370,17 @@ class Trainer:
 
         if not log.rows:
             return
-        figure = render_curves(
-            {"raw reward (mean)": log.series("reward_mean"),
-             "motion reward, continuous": log.series("motion_reward_continuous_mean"),
-             "MAS / 100": [(x, y / 100) for x, y in log.series("mas_mean")]},
-            title=f"MotionNFT on {self.model.name}", x_label="optimiser step", y_range=(0.0, 1.0))
+        series = {"motion reward (step mean)": log.series("motion_reward_mean"),
+                  "motion reward, 5-step average": moving_average(log.series("motion_reward_mean"), 5),
+                  "MAS / 100, 5-step average": [(x, y / 100) for x, y in moving_average(log.series("mas_mean"), 5)]}
+        if log.series("judge_mean"):
+            series["raw reward (step mean)"] = log.series("reward_mean")
+        heldout = getattr(self, "heldout_results", [])
+        if heldout:
+            series["held-out: performed the motion"] = [(s.step, s.summary()["performed"][0]) for s in heldout]
+            series["held-out: MAS / 100"] = [(s.step, s.summary()["mas"][0] / 100) for s in heldout]
+        figure = render_curves(series, title=f"MotionNFT on {self.model.name}", x_label="optimiser step",
+                               y_range=(0.0, 1.0))
         save_image(figure, self.out / "reward_curve.png")
 
     def _write_sample_grid(self) -> None:

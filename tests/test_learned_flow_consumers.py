@@ -74,7 +74,7 @@ def test_evaluation_records_the_weight_file_that_scored_it(weights_dir, tmp_path
 
 
 def test_the_trainer_rewards_with_a_learned_backend(weights_dir, tmp_path):
-    fast = {"tiny_size": "test", "synthetic_samples": 4, "prompts_per_epoch": 2, "rollouts_per_prompt": 2,
+    fast = {"tiny_size": "test", "tiny_codec": "patch", "base_weights": "", "synthetic_samples": 4, "prompts_per_epoch": 2, "rollouts_per_prompt": 2,
             "sampling_steps": 2, "save_every": 0, "sample_grid_every": 0, "group_std_min": 0.0,
             "group_mean_max": 1.01, "max_steps": 1, "output_dir": str(tmp_path / "run")}
     config = load_config("tiny", overrides={**fast, "flow_backend": "raft_small", "flow_preset": "fast",
@@ -91,7 +91,8 @@ def test_the_trainer_refuses_an_unknown_flow_precision():
 
 
 def test_the_trainer_names_a_missing_flow_weight_file(weights_dir, tmp_path):
-    config = load_config("tiny", overrides={"tiny_size": "test", "output_dir": str(tmp_path / "run"),
+    config = load_config("tiny", overrides={"tiny_size": "test", "tiny_codec": "patch", "base_weights": "",
+                                            "output_dir": str(tmp_path / "run"),
                                             "flow_backend": "raft_small", "flow_weights": "absent.pth"})
     with pytest.raises(FileNotFoundError, match=r"absent\.pth") as error:
         train(config, resume=None, show_progress=False)

@@ -19,9 +19,10 @@ from motionnft.lora import load_lora  # noqa: E402
 from motionnft.train import (CONFIG_FILE, PromptCursor, TrainConfig, _toml, load_config, parse_override,  # noqa: E402
                              train)
 
-# A run of a few seconds: the smallest tiny Kontext, 2 prompts × 4 rollouts, 3 sampler steps.
+# A run of a few seconds: the smallest tiny Kontext (random weights, not the preset's pre-trained
+# base), 2 prompts × 4 rollouts, 3 sampler steps.
 # The group filter is relaxed so that every step trains something on this untrained model.
-FAST = {"tiny_size": "test", "synthetic_samples": 6, "prompts_per_epoch": 2, "rollouts_per_prompt": 4,
+FAST = {"tiny_size": "test", "tiny_codec": "patch", "base_weights": "", "synthetic_samples": 6, "prompts_per_epoch": 2, "rollouts_per_prompt": 4,
         "sampling_steps": 3, "save_every": 2, "group_std_min": 0.0, "group_mean_max": 1.01,
         "sample_grid_every": 2}
 
@@ -325,3 +326,44 @@ def test_qwen_image_edit_plus_trains_and_saves_in_comfyui_layout(tmp_path):
     assert lora.base == "qwen_image" and lora.metadata["motionnft.model_kind"] == "tiny_qwen_image_edit_plus"
     with safe_open(str(tmp_path / "qwen" / "motionnft_lora.safetensors"), framework="pt") as handle:
         assert all(key.startswith("diffusion_model.") for key in handle.keys())
+
+
+def test_a_run_with_heldout_data_scores_the_same_noise_before_and_after(tmp_path):
+    import json
+
+    config = fast_config(tmp_path, "heldout", max_steps=2, heldout_data="synthetic", heldout_samples=3,
+                         heldout_rollouts=2)
+    result = train(config, resume=None, show_progress=False)
+    out = tmp_path / "heldout"
+    saved = json.loads((out / "heldout.json").read_text())
+    before, after = saved["before"], saved["after"]
+    assert before["step"] == 0 and after["step"] == 2
+    assert before["ids"] == after["ids"] and len(before["ids"]) == 3
+    for scores in (before, after):
+        assert set(scores["scores"]) == {"reward", "reward_continuous", "mas", "performed"}
+        assert all(len(row) == 2 for row in scores["scores"]["mas"])
+    assert result.heldout_before.summary()["mas"][0] == pytest.approx(
+        sum(sum(row) / 2 for row in before["scores"]["mas"]) / 3)
+    assert (out / "samples" / "heldout.png").is_file() and (out / "samples" / "heldout-before.png").is_file()
+    # the held-out prompts are scenes the run does not train on
+    from motionnft.train import open_heldout_data, open_training_data
+
+    trained = {s.extra["scene"] for s in open_training_data(config)}
+    assert not trained & {s.extra["scene"] for s in open_heldout_data(config)}
+
+
+def test_a_resumed_run_keeps_its_first_heldout_measurement(tmp_path):
+    import json
+
+    config = fast_config(tmp_path, "resume", max_steps=1, heldout_data="synthetic", heldout_samples=2,
+                         heldout_rollouts=2)
+    train(config, resume=None, show_progress=False)
+    out = tmp_path / "resume"
+    first = json.loads((out / "heldout.json").read_text())["before"]
+    # tamper with the stored "before" so that a re-measurement would show
+    saved = json.loads((out / "heldout.json").read_text())
+    saved["before"]["scores"]["mas"] = [[-1.0, -1.0], [-1.0, -1.0]]
+    (out / "heldout.json").write_text(json.dumps(saved))
+    result = train(dataclasses.replace(config, max_steps=2), resume="auto", show_progress=False)
+    assert result.heldout_before.scores["mas"].tolist() == [[-1.0, -1.0], [-1.0, -1.0]]
+    assert result.heldout_before.ids == first["ids"] and result.heldout_after.step == 2

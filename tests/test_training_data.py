@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from motionnft.image import center_crop_resize
-from motionnft.synthetic import MOTION_INSTRUCTIONS, FigurePose, motion_edit_dataset, render_scene, scene_flow
+from motionnft.synthetic import (MOTION_INSTRUCTIONS, TASKS, FigurePose, motion_edit_dataset, render_scene,
+                                 scene_flow)
 
 
 def test_centre_crop_keeps_the_middle_window_of_the_target_aspect():
@@ -56,7 +57,7 @@ def test_the_synthetic_dataset_moves_each_figure_as_its_instruction_says():
     assert [s.prompt for s in again] == [s.prompt for s in dataset[:4]]
     assert torch.equal(dataset[3].target_image(), again[3].target_image())
     kinds = {sample.extra["motion"] for sample in dataset}
-    assert kinds == set(MOTION_INSTRUCTIONS)
+    assert kinds == set(TASKS["steps"].motions)  # the built-in task by default
     for sample in dataset:
         instruction, change = MOTION_INSTRUCTIONS[sample.extra["motion"]]
         assert sample.prompt == instruction
@@ -65,17 +66,16 @@ def test_the_synthetic_dataset_moves_each_figure_as_its_instruction_says():
         flow = scene_flow(start, goal, (64, 64))
         moving = flow.norm(dim=0) > 0.5
         mean_dx = float(flow[0][moving].mean())
-        if sample.extra["motion"] == "right":
-            assert mean_dx > 2
-        if sample.extra["motion"] == "left":
-            assert mean_dx < -2
+        mean_dy = float(flow[1][moving].mean())
+        expected = {"step_right": (16, 0), "step_left": (-16, 0), "jump": (0, -8)}[sample.extra["motion"]]
+        assert abs(mean_dx - expected[0]) < 0.5 and abs(mean_dy - expected[1]) < 0.5  # pixels at 64 px
         assert sample.input_image().shape == (1, 3, 64, 64)
         assert not torch.equal(sample.input_image(), sample.target_image())
 
 
 def test_the_synthetic_dataset_can_under_move_a_share_of_its_targets():
     dataset = motion_edit_dataset(16, size=32, seed=2, motions=("raise", "right"), partial_share=0.5,
-                                  partial_scale=0.5, first_scene=100, scenes=3)
+                                  partial_scale=0.5, first_scene=100, scenes=3, task="poses")
     scales = [sample.extra["motion_scale"] for sample in dataset]
     assert set(scales) == {0.5, 1.0}  # both kinds occur in 16 draws of a fair coin (seeded)
     for sample in dataset:
@@ -88,12 +88,30 @@ def test_the_synthetic_dataset_can_under_move_a_share_of_its_targets():
         expected = render_scene(shown, (32, 32), sample.extra["scene"])
         assert (sample.target_image() - expected).abs().max() <= 1 / 255 + 1e-6  # PNG rounding only
 
-    still = motion_edit_dataset(6, size=32, seed=2, partial_share=1.0, partial_scale=0.0)
+    still = motion_edit_dataset(6, size=32, seed=2, partial_share=1.0, partial_scale=0.0, task="poses")
     assert all(s.extra["motion_scale"] == 0.0 and torch.equal(s.input_image(), s.target_image()) for s in still)
 
 
 def test_the_synthetic_dataset_rejects_unknown_motions_and_shares_outside_0_1():
-    with pytest.raises(ValueError, match="jump"):
-        motion_edit_dataset(2, size=32, motions=("raise", "jump"))
+    with pytest.raises(ValueError, match="hop"):
+        motion_edit_dataset(2, size=32, motions=("raise", "hop"))
+    with pytest.raises(ValueError, match="task 'dance'"):
+        motion_edit_dataset(2, size=32, task="dance")
     with pytest.raises(ValueError, match="partial_share"):
         motion_edit_dataset(2, size=32, partial_share=1.5)
+
+
+def test_synthetic_draws_of_different_seeds_share_no_scene():
+    first, second = motion_edit_dataset(40, size=32, seed=0), motion_edit_dataset(40, size=32, seed=1)
+    scenes = [sample.extra["scene"] for sample in first]
+    assert len(set(scenes)) == 40  # every sample its own scene
+    assert not set(scenes) & {sample.extra["scene"] for sample in second}
+    # the scene number really is the drawing: the same pose in another scene looks different
+    pose = FigurePose()
+    assert not torch.equal(render_scene(pose, (32, 32), scenes[0], "plain"), render_scene(pose, (32, 32), scenes[1], "plain"))
+
+
+def test_the_poses_task_draws_arm_and_step_edits_over_textured_scenes():
+    dataset = motion_edit_dataset(24, size=32, seed=5, task="poses")
+    assert {sample.extra["motion"] for sample in dataset} == set(TASKS["poses"].motions)
+    assert {sample.extra["style"] for sample in dataset} == {"textured"}

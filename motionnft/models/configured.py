@@ -63,10 +63,36 @@ def resolve_base_weights(path: str | os.PathLike) -> Path:
     )
 
 
-def load_base_weights(model: EditModel, path: str | os.PathLike | None) -> EditModel:
-    """Load a safetensors state dict into ``model.transformer`` (nothing when ``path`` is empty).
+def base_weights_state(model: EditModel) -> dict[str, torch.Tensor]:
+    """Every weight of ``model``'s :meth:`~motionnft.models.EditModel.weight_modules`, keyed
+    ``"<component>.<parameter>"``: what :func:`load_base_weights` reads back.
 
-    Every key must match: a file of another model (or size) is refused.
+    The text encoders are stored too, so a base trained with seeded tiny encoders does
+    not depend on how a later transformers release initialises them.
+    """
+    # clone: T5 ties its embedding to `shared`, and safetensors refuses shared storage
+    return {f"{name}.{key}": value.detach().clone().contiguous()
+            for name, module in model.weight_modules().items() for key, value in module.state_dict().items()}
+
+
+def save_base_weights(model: EditModel, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write :func:`base_weights_state` as safetensors, atomically (temporary file + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    save_file(base_weights_state(model), str(temporary), metadata=metadata)
+    os.replace(temporary, path)
+    return path
+
+
+def load_base_weights(model: EditModel, path: str | os.PathLike | None) -> EditModel:
+    """Load a safetensors base-weights file into ``model`` (nothing when ``path`` is empty).
+
+    The file holds either the transformer's state dict alone, or components keyed
+    ``"<component>.<parameter>"`` (:func:`save_base_weights`). Every key of each component
+    present must match: a file of another model (or size) is refused.
 
     Raises:
         FileNotFoundError (see :func:`resolve_base_weights`), ValueError on missing or
@@ -81,13 +107,25 @@ def load_base_weights(model: EditModel, path: str | os.PathLike | None) -> EditM
         state = load_file(str(file))
     except Exception as error:  # noqa: BLE001 - any failure to read means "not a weights file"
         raise ValueError(f"base_weights {file}: not a readable safetensors file ({error})") from None
-    try:
-        missing, unexpected = model.transformer.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # size mismatches
-        raise ValueError(f"base_weights {file}: does not fit {model.name}: {error}") from None
-    if missing or unexpected:
-        raise ValueError(f"base_weights {file}: {len(missing)} missing and {len(unexpected)} unexpected keys "
-                         f"for {model.name} (e.g. {(list(missing) + list(unexpected))[:3]})")
+    modules = model.weight_modules()
+    if any(key.split(".", 1)[0] in modules for key in state):
+        parts: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in state.items():
+            component, _, name = key.partition(".")
+            if component not in modules:
+                raise ValueError(f"base_weights {file}: key {key!r} names no component of {model.name} "
+                                 f"(expected {', '.join(modules)})")
+            parts.setdefault(component, {})[name] = value
+    else:
+        parts = {"transformer": state}
+    for component, part in parts.items():
+        try:
+            missing, unexpected = modules[component].load_state_dict(part, strict=False)
+        except RuntimeError as error:  # size mismatches
+            raise ValueError(f"base_weights {file}: {component} does not fit {model.name}: {error}") from None
+        if missing or unexpected:
+            raise ValueError(f"base_weights {file}: {len(missing)} missing and {len(unexpected)} unexpected "
+                             f"{component} keys for {model.name} (e.g. {(list(missing) + list(unexpected))[:3]})")
     return model
 
 
