@@ -615,8 +615,10 @@ def _edit_parser(commands) -> None:
     model.add_argument("--base-weights", type=Path, default=None,
                        help="safetensors state dict loaded into the transformer (default: the tiny preset's for "
                        "--model tiny, none otherwise)")
-    model.add_argument("--tiny-size", default=None, help="tiny_* models: test or demo (default: the tiny preset's)")
-    model.add_argument("--tiny-codec", default=None, choices=("patch", "vae"), help="tiny_* models' codec")
+    model.add_argument("--tiny-size", default=None, choices=("test", "demo", "base"),
+                       help="tiny models' size (default: the tiny preset's for tiny, demo for tiny_* kinds)")
+    model.add_argument("--tiny-codec", default=None, choices=("patch", "vae", "lowres"),
+                       help="tiny models' codec (default: the tiny preset's for tiny, patch for tiny_* kinds)")
     model.add_argument("--lora", type=Path, default=None, help="LoRA file (any layout) or PEFT adapter folder")
     model.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (multiplies alpha/rank; default 1)")
     model.add_argument("--lora-alpha", type=float, default=None,

@@ -288,7 +288,8 @@ class EvaluationConfig:
         return {
             "flow": flow,
             "reward": asdict(self.reward),
-            "mas": asdict(self.mas),
+            # The MAS constants the scores were computed with: d_min follows the reward's eps^q.
+            "mas": asdict(self.mas.for_reward(self.reward)),
             "win": {"by": self.win_by, "tie_tolerance": self.tie_tolerance},
         }
 

@@ -159,7 +159,8 @@ class ModelSpec:
         base_weights: a safetensors state dict loaded into the transformer (default: the
             ``tiny`` preset's for ``tiny``, none otherwise); relative paths as
             :func:`motionnft.models.configured.resolve_base_weights` says.
-        tiny_size, tiny_codec: of ``tiny_*`` kinds (default: the ``tiny`` preset's).
+        tiny_size, tiny_codec: of ``tiny_*`` kinds (default: the ``tiny`` preset's for ``tiny``,
+            the trainer's ``[defaults]`` otherwise: what ``motionnft train --set model=KIND`` builds).
         guidance: embedded guidance of FLUX.1 Kontext (default 2.5); Qwen has none.
         lora: a LoRA file or PEFT folder; ``lora_scale`` multiplies its ``alpha / rank``;
             ``lora_alpha`` replaces its alpha (64 for the official MotionEdit converted file).
@@ -218,10 +219,10 @@ class ModelSpec:
             config.transformer_file = str(self.transformer_file)
         if self.base_weights is not None:
             config.base_weights = str(self.base_weights)
-        if is_tiny(self.kind):
-            preset = tiny_preset()
-            config.tiny_size = self.tiny_size or preset.tiny_size
-            config.tiny_codec = self.tiny_codec or preset.tiny_codec
+        if self.tiny_size is not None:  # otherwise the configuration's: the tiny preset's, or [defaults]
+            config.tiny_size = self.tiny_size
+        if self.tiny_codec is not None:
+            config.tiny_codec = self.tiny_codec
         if self.guidance is not None:
             config.guidance = float(self.guidance)
         return config

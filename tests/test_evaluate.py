@@ -336,3 +336,10 @@ def test_edit_files_match_ids_by_stem_and_duplicates_are_refused(tmp_path):
     save_image(torch.rand(1, 3, 8, 8), folder / "a.png")
     with pytest.raises(ValueError, match="two files for sample 'a': a.png and a.webp"):
         EditFolder("x", folder)
+
+
+def test_the_reported_mas_constants_are_the_ones_the_scores_used():
+    """A code-built config with another eps/q reports d_min = eps^q, not the default's."""
+    config = EvaluationConfig(preset="fast", reward=MotionRewardConfig(eps=1e-4, q=0.5))
+    assert config.constants()["mas"]["d_min"] == pytest.approx(1e-2)
+    assert EvaluationConfig(preset="fast").constants()["mas"]["d_min"] == pytest.approx(1e-6 ** 0.4)

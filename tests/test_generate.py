@@ -193,7 +193,7 @@ def test_model_tiny_is_the_tiny_preset_with_its_base_weights(tmp_path, monkeypat
 
     shipped = train.load_config
     preset = shipped("tiny")
-    preset.tiny_size = "test"
+    preset.tiny_size, preset.base_weights = "test", ""
     pretrained = build_from_config(preset).transformer.state_dict()
     pretrained = {k: v + 0.01 for k, v in pretrained.items()}
     save_file(pretrained, str(tmp_path / "tiny_base.safetensors"))
@@ -351,9 +351,9 @@ def test_cli_edit_explains_every_missing_or_unfitting_input(tmp_path, capsys):
     small = tiny_kontext()
     save_lora(tmp_path / "test_size.safetensors", add_trainer_lora(small.transformer, small.lora_target_modules))
     message = error(["edit", "--model", "tiny", "--data", str(data), "--lora", str(tmp_path / "test_size.safetensors")] + out)
-    assert "does not fit tiny FLUX.1 Kontext (demo" in message
+    assert "does not fit tiny FLUX.1 Kontext (base" in message
     assert "transformer_blocks.0.attn.add_k_proj: LoRA delta (out, in) = (32, 32)" in message
-    assert "layer weight (256, 256)" in message
+    assert "layer weight (128, 128)" in message
     message = error(tiny + ["--base-weights", "nope.safetensors"])
     assert "base_weights 'nope.safetensors': file not found; looked for" in message and "motionnft/configs" in message
     assert "Qwen-Image-Edit has no embedded guidance" in error(

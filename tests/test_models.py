@@ -12,6 +12,7 @@ import torch
 pytest.importorskip("diffusers")
 
 from motionnft.models import Condition, EditModel, PatchCodec, build_model, pack_latents, unpack_latents  # noqa: E402
+from motionnft.models.qwen_image_edit import qwen_edit_release  # noqa: E402
 
 SIZE = (64, 64)
 
@@ -203,6 +204,10 @@ def test_a_release_asked_for_that_the_folder_does_not_hold_is_refused(tmp_path, 
         build_model("qwen_image_edit_plus", path=first)
     message = str(error.value)
     assert str(first) in message and "'QwenImageEditPipeline'" in message and "qwen_image_edit_plus" in message
+    plus = diffusers_folder(tmp_path / "Qwen-Image-Edit-2509", "QwenImageEditPlusPipeline")
+    with pytest.raises(ValueError, match="'QwenImageEditPlusPipeline'.*Qwen-Image-Edit \\(QwenImageEditPipeline\\)"):
+        qwen_edit_release(plus, plus=False)
+    assert qwen_edit_release(plus, plus=True) is True and qwen_edit_release(first, plus=False) is False
     text_to_image = diffusers_folder(tmp_path / "Qwen-Image", "QwenImagePipeline")
     with pytest.raises(ValueError, match="'QwenImagePipeline'.*expected QwenImageEditPipeline or QwenImageEditPlus"):
         build_model("qwen_image_edit", path=text_to_image)

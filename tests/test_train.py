@@ -20,9 +20,9 @@ from motionnft.train import (CONFIG_FILE, PromptCursor, TrainConfig, _toml, load
                              train)
 
 # A run of a few seconds: the smallest tiny Kontext (random weights, not the preset's pre-trained
-# base), 2 prompts × 4 rollouts, 3 sampler steps.
+# base), 2 prompts × 4 rollouts, 3 sampler steps, no held-out measurement unless a test asks.
 # The group filter is relaxed so that every step trains something on this untrained model.
-FAST = {"tiny_size": "test", "tiny_codec": "patch", "base_weights": "", "synthetic_samples": 6, "prompts_per_epoch": 2, "rollouts_per_prompt": 4,
+FAST = {"tiny_size": "test", "tiny_codec": "patch", "base_weights": "", "heldout_data": "", "synthetic_samples": 6, "prompts_per_epoch": 2, "rollouts_per_prompt": 4,
         "sampling_steps": 3, "save_every": 2, "group_std_min": 0.0, "group_mean_max": 1.01,
         "sample_grid_every": 2}
 

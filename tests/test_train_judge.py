@@ -142,10 +142,10 @@ def test_any_error_in_a_step_saves_the_last_completed_step_then_propagates(tmp_p
     rollouts = Trainer.rollouts
     broken_step = [1]
 
-    def broken(self, entry, generator):
+    def broken(self, entry, generator, **options):
         if self.step == broken_step[0]:
             raise OSError("No space left on device")
-        return rollouts(self, entry, generator)
+        return rollouts(self, entry, generator, **options)
 
     monkeypatch.setattr(Trainer, "rollouts", broken)
     with pytest.raises(OSError, match="No space left on device"):
