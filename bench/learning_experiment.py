@@ -1,10 +1,10 @@
 """Does MotionNFT raise the motion reward? The tiny preset's base, MotionNFT against a control, several seeds.
 
-    python bench/learning_experiment.py [--seeds 0 1 2] [--steps 16] [--write docs/learning.md]
+    python bench/learning_experiment.py [--seeds 0 1 2] [--steps N] [--write docs/learning.md]
 
 For each seed and each arm, one run of ``motionnft train --preset tiny`` (the shipped
 pre-trained base, ``tools/pretrain_tiny_base.py``, which performs the instructed motion in
-about a third of its rollouts):
+a few of its rollouts, depending on the noise):
 
 - **motionnft**: the trainer as shipped (motion reward only: there is no judge here);
 - **control**: the same run (same prompts, rollout noise and steps) with each prompt

@@ -180,13 +180,14 @@ def run(scale_name: str, prompts: int | None, rollouts: int | None, repeats: int
         "group_std_min": -1.0, "group_mean_max": 2.0,  # every rollout trains: the full loss phase is timed
         "output_dir": str(work), "mixed_precision": "bf16" if gpu else "no", "gradient_checkpointing": gpu,
         "flow_preset": "fast", "max_steps": 4, "synthetic_samples": 2 * scale["prompts"], "save_every": 0, "sample_grid_every": 0,
-        "lora_rank": 32, "lora_alpha": 64.0})
+        "lora_rank": 32, "lora_alpha": 64.0,
+        "base_weights": "", "heldout_data": ""})  # the model is built here: not the tiny preset's base or held-out run
     trainer = Trainer(config, show_progress=False, model=model)
     if gpu:
         torch.cuda.reset_peak_memory_stats()
-    import motionnft.train as train_module
+    import motionnft.training.step as step_module
 
-    train_module.time = _Clock  # the trainer's phase timers read the same clock as the baselines
+    step_module.time = _Clock  # the trainer's phase timers read the same clock as the baselines
     trainer.train_step()  # warm-up epoch
     rows = [trainer.train_step() for _ in range(epochs)]
     # the least disturbed of the measured epochs, phase by phase

@@ -8,7 +8,8 @@ The library runs headless (no ComfyUI imports). Submodules:
 - :mod:`motionnft.report` the reward-breakdown figure
 - :mod:`motionnft.synthetic` procedurally drawn motion scenes with exact ground-truth flow
 - :mod:`motionnft.models` FLUX.1 Kontext / Qwen-Image-Edit adapters on diffusers (``train`` extra)
-- :mod:`motionnft.sampling`, :mod:`motionnft.nft`, :mod:`motionnft.train` the MotionNFT trainer
+- :mod:`motionnft.sampling`, :mod:`motionnft.nft`, :mod:`motionnft.training` the MotionNFT trainer
+  (:mod:`motionnft.train` its entry point)
 - :mod:`motionnft.lora` LoRA weights and the safetensors files ComfyUI and diffusers load
 """
 

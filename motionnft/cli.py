@@ -431,7 +431,9 @@ def _command_mine(args) -> int:
 
 def _command_train(args) -> int:
     try:
-        from .train import JudgeFailure, load_config, train
+        from .training.loop import train
+        from .training.rewards import JudgeFailure
+        from .training.settings import config_to_toml, load_config
     except ImportError as error:
         raise ValueError(f"the trainer needs the train extra: pip install 'motionnft[train]' ({error})") from None
 
@@ -442,8 +444,6 @@ def _command_train(args) -> int:
             overrides.append(f"{key}={value!s}" if isinstance(value, int) else f"{key}={str(value)!r}")
     config = load_config(args.preset, args.config, overrides)
     if args.print_config:
-        from .train import config_to_toml
-
         print(config_to_toml(config), end="")
         return 0
     try:
@@ -747,8 +747,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", help="post-train an editing model with MotionNFT (LoRA); --preset tiny runs on the CPU",
-        description="MotionNFT trainer. Settings: motionnft/configs/train.toml (defaults and presets), "
-                    "--config FILE, then --set KEY=VALUE. Multi-GPU: accelerate launch -m motionnft train ...",
+        description="MotionNFT trainer. Settings: motionnft/training/settings.py (every setting and its "
+                    "default), motionnft/configs/train.toml (presets), --config FILE, then --set KEY=VALUE. "
+                    "Multi-GPU: accelerate launch -m motionnft train ...",
     )
     train.add_argument("--preset", default="tiny", choices=("tiny", "kontext", "qwen"),
                        help="starting configuration (default: tiny, the built-in CPU job)")

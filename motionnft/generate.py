@@ -160,7 +160,7 @@ class ModelSpec:
             ``tiny`` preset's for ``tiny``, none otherwise); relative paths as
             :func:`motionnft.models.configured.resolve_base_weights` says.
         tiny_size, tiny_codec: of ``tiny_*`` kinds (default: the ``tiny`` preset's for ``tiny``,
-            the trainer's ``[defaults]`` otherwise: what ``motionnft train --set model=KIND`` builds).
+            the trainer's defaults otherwise: what ``motionnft train --set model=KIND`` builds).
         guidance: embedded guidance of FLUX.1 Kontext (default 2.5); Qwen has none.
         lora: a LoRA file or PEFT folder; ``lora_scale`` multiplies its ``alpha / rank``;
             ``lora_alpha`` replaces its alpha (64 for the official MotionEdit converted file).
@@ -219,7 +219,7 @@ class ModelSpec:
             config.transformer_file = str(self.transformer_file)
         if self.base_weights is not None:
             config.base_weights = str(self.base_weights)
-        if self.tiny_size is not None:  # otherwise the configuration's: the tiny preset's, or [defaults]
+        if self.tiny_size is not None:  # otherwise the configuration's: the tiny preset's, or the default
             config.tiny_size = self.tiny_size
         if self.tiny_codec is not None:
             config.tiny_codec = self.tiny_codec
@@ -316,7 +316,7 @@ def true_cfg(v_pos: torch.Tensor, v_neg: torch.Tensor, scale: float) -> torch.Te
 
 def edit_generator(seed: int, sample_id: str) -> torch.Generator:
     """The CPU generator of one sample's noise: seeded by ``(seed, sample id)`` only."""
-    from .train import derived_generator
+    from .training.seeding import derived_generator
 
     return derived_generator(seed, "edit", str(sample_id))
 

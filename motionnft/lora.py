@@ -53,8 +53,10 @@ FORMAT_VERSION = "1"
 _DIFFUSERS_CONFIG_KEY = "lora_adapter_metadata"
 
 # Block-level module names (diffusers) that a LoRA may target, per base.
-_ATTENTION = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-              "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
+ATTENTION_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+"""The attention projections of a FLUX / Qwen-Image double-stream block (image and text
+streams), under its ``attn.``: what a MotionNFT LoRA targets by default."""
+_ATTENTION = tuple(f"attn.{name}" for name in ATTENTION_MODULES)
 FLUX_DOUBLE = _ATTENTION + ("norm1.linear", "norm1_context.linear", "ff.net.0.proj", "ff.net.2",
                             "ff_context.net.0.proj", "ff_context.net.2")
 FLUX_SINGLE = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out", "norm.linear")

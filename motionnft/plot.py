@@ -26,7 +26,7 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 def render_curves(series: dict[str, list[tuple[float, float]]], title: str = "", x_label: str = "",
                   y_range: tuple[float, float] | None = None, size: tuple[int, int] = (900, 520)) -> torch.Tensor:
-    """A line chart of named ``(x, y)`` series with axes, ticks and a legend.
+    """A line chart of named ``(x, y)`` series with axes, ticks and a legend to the right of the axes.
 
     Non-finite points are skipped. Returns ``(3, H, W)`` float32 in [0, 1].
     """
@@ -34,7 +34,7 @@ def render_curves(series: dict[str, list[tuple[float, float]]], title: str = "",
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     font, small = label_font(18), label_font(14)
-    left, right, top, bottom = 70, width - 20, 50, height - 60
+    left, right, top, bottom = 70, width - 250, 50, height - 60  # the legend's column right of the axes
     points = {name: [(x, y) for x, y in values if math.isfinite(x) and math.isfinite(y)] for name, values in series.items()}
     xs = [x for values in points.values() for x, _ in values] or [0.0, 1.0]
     ys = [y for values in points.values() for _, y in values] or [0.0, 1.0]
@@ -68,6 +68,6 @@ def render_curves(series: dict[str, list[tuple[float, float]]], title: str = "",
         for px, py in pixels:
             draw.ellipse([px - 2.5, py - 2.5, px + 2.5, py + 2.5], fill=colour)
         legend_y = top + 8 + 20 * index
-        draw.line([(right - 230, legend_y + 8), (right - 205, legend_y + 8)], fill=colour, width=3)
-        draw.text((right - 198, legend_y), name, fill=(30, 30, 30), font=small)
+        draw.line([(right + 10, legend_y + 8), (right + 35, legend_y + 8)], fill=colour, width=3)
+        draw.text((right + 42, legend_y), name, fill=(30, 30, 30), font=small)
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)

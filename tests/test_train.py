@@ -16,8 +16,9 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from motionnft.lora import load_lora  # noqa: E402
-from motionnft.train import (CONFIG_FILE, PromptCursor, TrainConfig, _toml, load_config, parse_override,  # noqa: E402
-                             train)
+from motionnft.train import (CONFIG_FILE, PRESETS, PromptCursor, TrainConfig, load_config,  # noqa: E402
+                             parse_override, train)
+from motionnft.training.presets import load_settings, toml_module  # noqa: E402
 
 # A run of a few seconds: the smallest tiny Kontext (random weights, not the preset's pre-trained
 # base), 2 prompts × 4 rollouts, 3 sampler steps, no held-out measurement unless a test asks.
@@ -233,14 +234,51 @@ def test_the_prompt_cursor_walks_passes_and_skips_retired_prompts():
     assert other.take(2) == cursor.take(2)
 
 
-def test_the_shipped_defaults_equal_the_config_class_and_presets_apply():
-    shipped = _toml().loads(CONFIG_FILE.read_text())
-    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(TrainConfig)}
-    assert shipped["defaults"] == defaults
-    assert set(shipped["preset"]) == {"tiny", "kontext", "qwen"}
+def test_the_presets_file_holds_only_presets_of_known_settings_and_they_apply():
+    shipped = toml_module().loads(CONFIG_FILE.read_text())
+    assert set(shipped) == {"preset"}  # every default is TrainConfig's, declared nowhere else
+    assert set(shipped["preset"]) == set(PRESETS)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, table in shipped["preset"].items():
+        assert set(table) <= names, name
+        assert all(getattr(load_config(name), key) == value for key, value in table.items()), name
     assert load_config("qwen").model == "qwen_image_edit_plus" and load_config("qwen").max_steps == 210
     assert load_config("kontext").rollouts_per_prompt == 8 and load_config("kontext").prompts_per_epoch == 24
+    assert load_config(None) == TrainConfig()
+
+
+def test_the_nft_constants_are_the_settings():
+    from motionnft.nft import NFTConfig
+
+    assert TrainConfig().nft() == NFTConfig()  # NFTConfig's defaults are the settings' defaults
+    tuned = load_config("tiny", overrides={"beta": 0.5, "kl_weight": 0.0, "ema_max_decay": 0.8}).nft()
+    assert (tuned.beta, tuned.kl_weight, tuned.ema_max_decay) == (0.5, 0.0, 0.8)
+    assert tuned.group_mean_max == load_config("tiny").group_mean_max  # the preset's, not the default
+
+
+def test_unknown_settings_and_presets_are_refused_with_the_valid_names(tmp_path):
+    from re import escape
+
+    with pytest.raises(ValueError, match=escape("unknown preset 'tinyy' (did you mean 'tiny'?): expected one of "
+                                                "kontext, qwen, tiny")):
+        load_config("tinyy")
+    refusals = {
+        "flat.toml": ("max_step = 3\n", "unknown setting 'max_step' (did you mean 'max_steps'?); the settings are: "),
+        # a preset of the user's file is checked even when another preset is chosen
+        "preset.toml": ("[preset.mine]\nlora_rnak = 4\n", "preset mine: unknown setting 'lora_rnak' (did you mean"),
+        "typed.toml": ("[preset.mine]\nlora_rank = \"eight\"\n", "lora_rank = 'eight': expected an integer"),
+    }
+    for name, (text, message) in refusals.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=escape(message)) as error:
+            load_config("tiny", tmp_path / name)
+        assert "unknown" not in message or "max_steps, save_every" in str(error.value)  # the valid names are listed
+    with pytest.raises(ValueError, match=escape("--set max_step=3: unknown setting 'max_step' (did you mean")):
+        load_config("tiny", overrides=["max_step=3"])
+    # a presets file holds presets only: a [defaults] table there would be a second source of defaults
+    (tmp_path / "shipped.toml").write_text("[defaults]\nmax_steps = 3\n[preset.tiny]\nmax_steps = 2\n")
+    with pytest.raises(ValueError, match=escape("only [preset.NAME] tables belong here")):
+        load_settings(TrainConfig, tmp_path / "shipped.toml", "tiny")
 
 
 def test_config_files_and_overrides(tmp_path):
@@ -305,8 +343,7 @@ def test_every_lora_parameter_receives_a_gradient(kind):
     from motionnft.train import LoraPolicies
 
     model = build_model(kind, tiny_size="test", dtype=torch.float32)
-    exclude = model.lora_exclusions() if hasattr(model, "lora_exclusions") else []
-    policies = LoraPolicies(model.transformer, 4, 4.0, list(model.lora_target_modules), exclude)
+    policies = LoraPolicies(model.transformer, 4, 4.0, list(model.lora_target_modules), model.lora_exclusions())
     with torch.no_grad():
         for param in policies.policy.values():
             param.normal_(std=0.1)

@@ -22,10 +22,13 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..lora import ATTENTION_MODULES
 
 
 @contextlib.contextmanager
@@ -209,6 +212,25 @@ class Condition:
         return Condition(tensors, first.shared, first.pad)
 
 
+def check_model_folder(path, what: str, transformer_file) -> Path:
+    """The local diffusers folder ``path`` of model ``what``, checked (with the single-file
+    ``transformer_file``, if any, and the config it needs); FileNotFoundError naming what
+    was looked for otherwise."""
+    looked = []
+    if path is None:
+        raise FileNotFoundError(f"{what}: no model folder given (model_path); a local diffusers folder is needed")
+    folder = Path(path).expanduser()
+    looked.append(str(folder / "model_index.json"))
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"{what}: no diffusers folder at {folder}; looked for {', '.join(looked)}")
+    if transformer_file is not None and not Path(transformer_file).is_file():
+        raise FileNotFoundError(f"{what}: transformer file not found: {transformer_file}")
+    if transformer_file is not None and not (folder / "transformer" / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{what}: a single-file transformer needs its config; looked for {folder / 'transformer' / 'config.json'}")
+    return folder
+
+
 class EditModel(abc.ABC):
     """One instruction-editing flow model behind the trainer's four operations.
 
@@ -217,14 +239,23 @@ class EditModel(abc.ABC):
         codec: the image codec.
         base: LoRA file family, ``"flux"`` or ``"qwen_image"``.
         name: what the model is (printed, written into LoRA metadata).
-        lora_target_modules: module-name suffixes a LoRA targets by default.
+        lora_target_modules: module-name suffixes a LoRA targets by default (the attention
+            projections of both streams); :meth:`lora_exclusions` names modules to leave out.
         guidance: the CFG-free embedded guidance of its rollouts (None: no guidance input).
+        text_pipeline: the diffusers pipeline whose ``encode_prompt`` encodes instructions
+            (None where the model encodes them otherwise).
+        scheduler_config: the base pipeline's scheduler config, from which :meth:`sigmas`
+            builds the flow-time schedule.
+
+    What a trainer may ask of a model is what this class declares; each model overrides
+    what differs and inherits the rest.
     """
 
     base: str
     name: str
-    lora_target_modules: tuple[str, ...]
+    lora_target_modules: tuple[str, ...] = ATTENTION_MODULES
     guidance: float | None = None
+    text_pipeline = None
 
     def __init__(self, transformer, codec: LatentCodec, scheduler_config: dict):
         self.transformer = transformer
@@ -232,6 +263,10 @@ class EditModel(abc.ABC):
         self.scheduler_config = dict(scheduler_config)
         self.device = torch.device("cpu")
         self.dtype = torch.float32
+
+    def lora_exclusions(self) -> list[str]:
+        """Module names a LoRA on :attr:`lora_target_modules` must leave out (none by default)."""
+        return []
 
     def weight_modules(self) -> dict[str, torch.nn.Module]:
         """The model's trainable or seeded parts by diffusers component name (``transformer``,

@@ -1,7 +1,7 @@
 """The model a trainer configuration names, built the same way for training and for inference.
 
 :func:`build_from_config` turns the model settings of a
-:class:`~motionnft.train.TrainConfig` (``model``, ``model_path``, ``transformer_file``,
+:class:`~motionnft.training.settings.TrainConfig` (``model``, ``model_path``, ``transformer_file``,
 ``base_weights``, ``tiny_size``, ``tiny_codec``, ``guidance``, ``max_sequence_length``,
 ``seed``, ``mixed_precision``) into an :class:`~motionnft.models.EditModel`, including
 the ``base_weights`` state dict the configuration names. The trainer and ``motionnft
@@ -138,7 +138,7 @@ def build_from_config(config, dtype: torch.dtype | None = None) -> EditModel:
     """The model ``config`` names, with its ``base_weights`` loaded; on the CPU, not yet moved.
 
     Args:
-        config: a :class:`~motionnft.train.TrainConfig` (any object with its model fields).
+        config: a :class:`~motionnft.training.settings.TrainConfig` (any object with its model fields).
         dtype: the dtype real models are loaded in; default :func:`config_dtype`.
     """
     dtype = config_dtype(config) if dtype is None else dtype

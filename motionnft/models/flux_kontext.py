@@ -9,13 +9,11 @@ tokens. Embedded (distilled) guidance 2.5, no true CFG.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
-from .base import Condition, EditModel, FluxVAECodec, LatentCodec, LowResCodec, PatchCodec, quiet_transformers
-
-FLUX_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+from .base import (Condition, EditModel, FluxVAECodec, LatentCodec, LowResCodec, PatchCodec, check_model_folder,
+                   quiet_transformers)
 
 
 def _position_ids(height: int, width: int, first: float) -> torch.Tensor:
@@ -30,7 +28,6 @@ def _position_ids(height: int, width: int, first: float) -> torch.Tensor:
 
 class FluxKontextModel(EditModel):
     base = "flux"
-    lora_target_modules = FLUX_LORA_TARGETS
 
     def __init__(self, transformer, codec: LatentCodec, text_pipeline, scheduler_config: dict,
                  guidance: float = 2.5, max_sequence_length: int = 512, name: str = "FLUX.1 Kontext [dev]"):
@@ -115,7 +112,7 @@ def load_flux_kontext(path: str | os.PathLike | None, transformer_file: str | os
     with quiet_transformers():
         from diffusers import FluxKontextPipeline, FluxTransformer2DModel
 
-    folder = _check_folder(path, "FLUX.1 Kontext", transformer_file)
+    folder = check_model_folder(path, "FLUX.1 Kontext", transformer_file)
     transformer = None
     if transformer_file is not None:
         transformer = FluxTransformer2DModel.from_single_file(
@@ -130,22 +127,6 @@ def load_flux_kontext(path: str | os.PathLike | None, transformer_file: str | os
                              name=f"FLUX.1 Kontext ({folder.name})")
     model.dtype = dtype
     return model
-
-
-def _check_folder(path, what: str, transformer_file) -> Path:
-    looked = []
-    if path is None:
-        raise FileNotFoundError(f"{what}: no model folder given (model_path); a local diffusers folder is needed")
-    folder = Path(path).expanduser()
-    looked.append(str(folder / "model_index.json"))
-    if not (folder / "model_index.json").is_file():
-        raise FileNotFoundError(f"{what}: no diffusers folder at {folder}; looked for {', '.join(looked)}")
-    if transformer_file is not None and not Path(transformer_file).is_file():
-        raise FileNotFoundError(f"{what}: transformer file not found: {transformer_file}")
-    if transformer_file is not None and not (folder / "transformer" / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{what}: a single-file transformer needs its config; looked for {folder / 'transformer' / 'config.json'}")
-    return folder
 
 
 TINY_FLUX_SIZES = {

@@ -31,18 +31,14 @@ from pathlib import Path
 import torch
 
 from ..image import resize_image, tensor_to_pil
-from .base import Condition, EditModel, LatentCodec, PatchCodec, QwenVAECodec, quiet_transformers
-from .flux_kontext import _check_folder
+from .base import Condition, EditModel, LatentCodec, PatchCodec, QwenVAECodec, check_model_folder, quiet_transformers
 
-# The last block's text-stream outputs are discarded by the model: see lora_exclusions.
-QWEN_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 PIPELINES = {"QwenImageEditPipeline": False, "QwenImageEditPlusPipeline": True}
 """``model_index.json`` ``_class_name`` -> is it the 2509 ("Plus") release."""
 
 
 class QwenImageEditModel(EditModel):
     base = "qwen_image"
-    lora_target_modules = QWEN_LORA_TARGETS
     guidance = None
 
     def __init__(self, transformer, codec: LatentCodec, text_pipeline, scheduler_config: dict, plus: bool,
@@ -168,7 +164,7 @@ def load_qwen_image_edit(path: str | os.PathLike | None, transformer_file: str |
     with quiet_transformers():
         from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline, QwenImageTransformer2DModel
 
-    folder = _check_folder(path, "Qwen-Image-Edit", transformer_file)
+    folder = check_model_folder(path, "Qwen-Image-Edit", transformer_file)
     plus = qwen_edit_release(folder, plus)
     extra = {}
     if transformer_file is not None:
