@@ -77,7 +77,7 @@ def run_arm(arm: str, seed: int, args, work: Path) -> dict:
     began = time.perf_counter()
     result = trainer.run(resume=None)
     return {"config": config, "before": result.heldout_before, "after": result.heldout_after,
-            "curve": [(row["step"], row["motion_reward_mean"]) for row in result.metrics],
+            "curve": [(int(row["step"]), float(row["motion_reward_mean"])) for row in result.metrics],
             "seconds": time.perf_counter() - began, "trainer": trainer}
 
 

@@ -40,9 +40,9 @@ from docs_section import write_section  # noqa: E402
 from motionnft.lora import (  # noqa: E402
     LoraModule,
     LoraWeights,
-    _read_safetensors,
     export_state_dict,
     lora_from_state_dict,
+    read_safetensors,
     save_lora,
 )
 
@@ -134,7 +134,7 @@ def measure(rank: int, repeats: int, comfyui_dir: Path | None) -> dict:
         path = Path(folder) / "kontext_motionnft_r32.safetensors"
         rows["write"], _ = timed(lambda: save_lora(path, lora), repeats)
         size_mb = path.stat().st_size / 1e6
-        rows["read"], (tensors, metadata) = timed(lambda: _read_safetensors(path), repeats)
+        rows["read"], (tensors, metadata) = timed(lambda: read_safetensors(path), repeats)
     rows["normalise"], loaded = timed(lambda: lora_from_state_dict(tensors, metadata=metadata), repeats)
     assert len(loaded.modules) == len(lora.modules)
     if comfyui_dir is not None:

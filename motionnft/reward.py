@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 
-from .flow.base import FlowEstimator, ProgressCallback, create_estimator
 from .image import check_image_batch, resize_image
+
+if TYPE_CHECKING:  # annotations only: this module computes, the caller builds the estimator
+    from .flow.base import FlowEstimator, ProgressCallback
 
 VARIANTS = ("code", "paper")
 
@@ -344,7 +347,7 @@ def motion_reward(
     input_image: torch.Tensor,
     edited_image: torch.Tensor,
     target_image: torch.Tensor,
-    estimator: FlowEstimator | str | None = None,
+    estimator: FlowEstimator,
     config: MotionRewardConfig = DEFAULT_REWARD_CONFIG,
     mas_config: MASConfig = MASConfig(),
     flow_target: torch.Tensor | None = None,
@@ -353,18 +356,31 @@ def motion_reward(
     """Score edits against ground-truth targets with the motion reward.
 
     The input and target images are resized (bilinear) to the edited image's size, as the
-    reference does, then ``Vp = F(input, edited)`` and ``Vg = F(input, target)``.
+    reference does, then ``Vp = F(input, edited)`` and ``Vg = F(input, target)`` with the
+    given estimator; the rest is :func:`motion_reward_from_flows`.
 
     Args:
         input_image: ``(B, 3, H0, W0)`` or a batch of 1, in [0, 1].
         edited_image: ``(B, 3, H, W)`` edits to score.
         target_image: ``(B, 3, Hg, Wg)`` or a batch of 1: the ground-truth targets.
-        estimator: flow estimator, or a backend name for ``create_estimator`` (e.g.
-            ``"unimatch"``, the paper's); default OpenCV DIS "medium".
+        estimator: the flow, called as ``estimator(source, target, progress)`` on
+            ``(N, 3, H, W)`` batches in [0, 1] and returning ``(N, 2, H, W)`` in pixels: a
+            :class:`~motionnft.flow.FlowEstimator`, e.g. ``create_estimator("dis", "medium")``
+            or ``create_estimator("unimatch")`` (the paper's). Required: which flow scores
+            the edits is the caller's choice, and building one may load weights.
         flow_target: precomputed ``Vg`` at the edited size (skips its estimation, e.g.
             for several rollouts of one prompt).
         progress: ``progress(done, total)`` over the flow pairs.
+
+    Raises:
+        TypeError: ``estimator`` is not callable (e.g. a backend name or None).
     """
+    if not callable(estimator):
+        raise TypeError(
+            "estimator: expected a flow estimator, callable as estimator(source, target, progress) -> "
+            "(B, 2, H, W) flow in pixels (e.g. motionnft.flow.create_estimator('dis', 'medium')), "
+            f"got {estimator!r}"
+        )
     edited_image = check_image_batch("edited_image", edited_image)
     input_image = check_image_batch("input_image", input_image)
     target_image = check_image_batch("target_image", target_image)
@@ -379,10 +395,6 @@ def motion_reward(
     device = edited_image.device
     input_image = resize_image(input_image.to(device).float(), size).expand(batch, -1, -1, -1)
     edited_image = edited_image.float()
-    if estimator is None:
-        estimator = create_estimator("dis", "medium")
-    elif isinstance(estimator, str):
-        estimator = create_estimator(estimator)
     if flow_target is None:
         target_image = resize_image(target_image.to(device).float(), size).expand(batch, -1, -1, -1)
         flows = estimator(

@@ -81,8 +81,9 @@ def test_backends_lists_presets_files_and_folders(capsys, weights_dir):
     assert f"  {weights_dir}\n" in out
 
 
-def test_the_reward_takes_a_backend_by_name(pair):
+def test_the_reward_takes_an_estimator_built_from_a_backend_name(pair):
+    from motionnft.flow import create_estimator
     from motionnft.image import load_image
 
     a, b = (load_image(p) for p in pair)
-    assert motion_reward(a, b, b, estimator="farneback").reward.item() == 1.0
+    assert motion_reward(a, b, b, estimator=create_estimator("farneback")).reward.item() == 1.0

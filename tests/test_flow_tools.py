@@ -10,6 +10,7 @@ import torch
 
 from motionnft.files import atomic_write
 from motionnft.flow import (
+    chain_flows,
     color_wheel,
     draw_flow_arrows,
     flow_legend,
@@ -124,6 +125,20 @@ def test_backward_warp_is_differentiable_in_image_and_flow():
     flow = (torch.rand(1, 2, 8, 8) * 2).requires_grad_(True)
     warp_backward(image, flow).sum().backward()
     assert image.grad.abs().sum() > 0 and flow.grad.abs().sum() > 0
+
+
+def test_chained_flows_follow_each_pixel_along_its_track():
+    # Two translations add up; a flow that differs by place is read where the pixel has got to.
+    assert torch.allclose(chain_flows([constant_flow(2, 1, 10, 12), constant_flow(-1, 3, 10, 12)]),
+                          constant_flow(1, 4, 10, 12), atol=1e-5)
+    second = torch.zeros(1, 2, 10, 12)
+    second[:, 0, :, 5:] = 1.0  # only the right part moves on
+    chained = chain_flows([constant_flow(3, 0, 10, 12), second])
+    assert torch.allclose(chained[:, 0, :, :2], torch.full((1, 10, 2), 3.0), atol=1e-5)  # lands at x < 5
+    assert torch.allclose(chained[:, 0, :, 2:8], torch.full((1, 10, 6), 4.0), atol=1e-5)  # lands at x >= 5
+    assert chain_flows([second]) is second
+    with pytest.raises(ValueError, match="at least one"):
+        chain_flows([])
 
 
 def test_forward_splat_moves_pixels_and_marks_holes():

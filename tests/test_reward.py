@@ -267,16 +267,29 @@ def test_motion_reward_reuses_a_precomputed_target_flow():
 
 def test_motion_reward_names_the_input_with_a_wrong_batch():
     with pytest.raises(ValueError, match="target_image has a batch of 3 but edited_image has 2"):
-        motion_reward(torch.zeros(1, 3, 8, 8), torch.zeros(2, 3, 8, 8), torch.zeros(3, 3, 8, 8))
+        motion_reward(torch.zeros(1, 3, 8, 8), torch.zeros(2, 3, 8, 8), torch.zeros(3, 3, 8, 8), ConstantFlow())
     with pytest.raises(ValueError, match=r"input_image: expected shape \(B, 3, H, W\)"):
-        motion_reward(torch.zeros(1, 4, 8, 8), torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+        motion_reward(torch.zeros(1, 4, 8, 8), torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), ConstantFlow())
+
+
+def test_motion_reward_is_refused_without_a_flow_estimator():
+    """The caller chooses (and builds) the flow: no default estimator, no backend names."""
+    images = (torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+    with pytest.raises(TypeError, match="estimator"):
+        motion_reward(*images)
+    for estimator in (None, "dis"):
+        with pytest.raises(TypeError, match=r"estimator: expected a flow estimator, callable as estimator\(source"):
+            motion_reward(*images, estimator=estimator)
 
 
 def test_dis_reward_ranks_the_demo_edits():
+    from motionnft.flow import create_estimator
     from motionnft.synthetic import demo_sample
 
     sample = demo_sample(size=128)
-    scores = {name: motion_reward(sample.input, edit, sample.target) for name, edit in sample.edits.items()}
+    estimator = create_estimator("dis", "medium")
+    scores = {name: motion_reward(sample.input, edit, sample.target, estimator=estimator)
+              for name, edit in sample.edits.items()}
     continuous = {name: float(r.reward_continuous) for name, r in scores.items()}
     assert continuous["faithful"] > continuous["half_way"] > max(continuous["opposite"], continuous["unchanged"])
     assert float(scores["unchanged"].mas.score) == 0.0

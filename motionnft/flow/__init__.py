@@ -29,7 +29,7 @@ from .opencv import DISFlow, FarnebackFlow
 from .raft import RAFT, RAFTFlow, convert_original_raft_state_dict
 from .unimatch import GMFlow, GMFlowConfig, GMFlowSettings, UniMatchFlow
 from .viz import color_wheel, draw_flow_arrows, flow_legend, flow_to_color
-from .warp import forward_backward_occlusion, pixel_grid, resize_flow, splat_forward, warp_backward
+from .warp import chain_flows, forward_backward_occlusion, pixel_grid, resize_flow, splat_forward, warp_backward
 from .weights import WeightsNotFoundError, add_weight_folders, find_weights, weight_folders
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "FlowEstimator",
     "ProgressCallback",
     "available_backends",
+    "chain_flows",
     "color_wheel",
     "create_estimator",
     "draw_flow_arrows",

@@ -1,10 +1,12 @@
-"""Warping images by flow, resizing flow fields, forward-backward occlusion.
+"""Warping images by flow, chaining and resizing flow fields, forward-backward occlusion.
 
 Flow convention (the library's): ``flow[:, :, y, x] = (dx, dy)`` in pixels says that the
 pixel ``(x, y)`` of frame A is found at ``(x + dx, y + dy)`` in frame B.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +74,27 @@ def warp_backward(
     grid = (coords * scale - 1.0).permute(0, 2, 3, 1)
     warped = F.grid_sample(image.to(grid.dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
     return warped.to(image.dtype)
+
+
+def chain_flows(flows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Compose consecutive flows ``f_01, f_12, ...`` into the flow from the first frame to the last.
+
+    ``F_02(x) = F_01(x) + f_12(x + F_01(x))``: each pixel is followed along its track (the
+    next flow is sampled bilinearly where the pixel has got to, borders replicated), so
+    motions far larger than one flow step stay measurable by a small-motion estimator.
+
+    Args:
+        flows: one or more ``(B, 2, H, W)`` in pixels, the i-th from frame i to frame i + 1.
+    Returns:
+        ``(B, 2, H, W)``, first frame -> last frame (the first flow itself when alone).
+    """
+    if not flows:
+        raise ValueError("flows: expected at least one flow")
+    total = flows[0]
+    _check_flow("flows[0]", total)
+    for flow in flows[1:]:
+        total = total + warp_backward(flow, total, padding_mode="border")
+    return total
 
 
 def splat_forward(image: torch.Tensor, flow: torch.Tensor, eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
