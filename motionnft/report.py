@@ -56,6 +56,33 @@ def render_reward_breakdown(
     if not 0 <= index < len(result):
         raise IndexError(f"sample {index} out of range for a batch of {len(result)}")
     record = result.records()[index]
+    pad, caption_h = 10, 22
+    font, small = label_font(15), label_font(12)
+    panels = _breakdown_panels(input_image, edited_image, target_image, result, index, panel_width)
+    row_heights = [max((p.height if p else panel_width) for _, p in row) for row in panels]
+    title_h = 52
+    width = pad + 3 * (panel_width + pad)
+    height = title_h + sum(h + caption_h + pad for h in row_heights) + pad
+    canvas = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    _draw_breakdown_title(draw, result, record, pad, small)
+    top = title_h
+    for row, row_height in zip(panels, row_heights):
+        for column, (caption, picture) in enumerate(row):
+            left = pad + column * (panel_width + pad)
+            draw.text((left, top + 3), caption, fill=_INK, font=font)
+            if picture is not None:
+                canvas.paste(picture, (left, top + caption_h))
+            else:
+                _draw_bars(draw, record, left, top + caption_h, panel_width, row_height, small)
+        top += row_height + caption_h + pad
+    array = np.asarray(canvas, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def _breakdown_panels(input_image, edited_image, target_image, result: MotionReward, index: int,
+                      panel_width: int) -> list[list[tuple[str, Image.Image | None]]]:
+    """The breakdown's three rows of (caption, picture); ``None`` marks the bar chart of the terms."""
     flow_edit = result.flow_edit[index : index + 1].detach().float().cpu()
     flow_target = result.flow_target[index : index + 1].detach().float().cpu()
     peak = float(torch.cat((flow_edit, flow_target)).norm(dim=1).amax().clamp_min(1e-6))
@@ -68,10 +95,7 @@ def render_reward_breakdown(
     direction_rgb = colorize(direction_map, 0.0, 1.0)
     active = (direction_weight > 0).float()
     direction_rgb = direction_rgb * (0.25 + 0.75 * active) + 0.45 * (1 - active)
-
-    pad, caption_h = 10, 22
-    font, small = label_font(15), label_font(12)
-    panels = [
+    return [
         [
             ("input", _panel(input_image, panel_width)),
             ("edited", _panel(edited_image, panel_width)),
@@ -88,12 +112,10 @@ def render_reward_breakdown(
             ("terms", None),
         ],
     ]
-    row_heights = [max((p.height if p else panel_width) for _, p in row) for row in panels]
-    title_h = 52
-    width = pad + 3 * (panel_width + pad)
-    height = title_h + sum(h + caption_h + pad for h in row_heights) + pad
-    canvas = Image.new("RGB", (width, height), _BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
+
+
+def _draw_breakdown_title(draw: ImageDraw.ImageDraw, result: MotionReward, record: dict, pad: int, small) -> None:
+    """The verdict line and the constants the scores used."""
     verdict = " (hard failure: the edit does not move)" if record["mas_hard_failure"] else ""
     draw.text(
         (pad, pad),
@@ -110,18 +132,6 @@ def render_reward_breakdown(
         fill=_MUTED,
         font=small,
     )
-    top = title_h
-    for row, row_height in zip(panels, row_heights):
-        for column, (caption, picture) in enumerate(row):
-            left = pad + column * (panel_width + pad)
-            draw.text((left, top + 3), caption, fill=_INK, font=font)
-            if picture is not None:
-                canvas.paste(picture, (left, top + caption_h))
-            else:
-                _draw_bars(draw, record, left, top + caption_h, panel_width, row_height, small)
-        top += row_height + caption_h + pad
-    array = np.asarray(canvas, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def _draw_bars(draw: ImageDraw.ImageDraw, record: dict, left: int, top: int, width: int, height: int, font) -> None:

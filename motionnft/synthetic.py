@@ -386,6 +386,8 @@ def motion_edit_dataset(count: int = 64, size: int = 64, seed: int = 0, scenes: 
         tensor_to_pil(image).save(buffer, format="PNG")
         return buffer.getvalue()
 
+    # One loop, in one fixed order of draws from one generator: what makes a seed's dataset
+    # the same on every machine, so it stays whole rather than split into helpers.
     samples = []
     while len(samples) < count:
         if scenes is None:

@@ -25,12 +25,13 @@ Modules: :mod:`.sources` (where edits come from), :mod:`.config` (how they are s
 edit), :mod:`.summary` (means and win rates), :mod:`.reports` (the output folder's files).
 """
 
+from ..files import file_digest
 from .config import JUDGE_METRICS, MOTION_FIELDS, TABLE_METRICS, WIN_METRICS, WIN_RULE, EvaluationConfig
 from .reports import (PER_SAMPLE_COLUMNS, RESULTS_FILE, RUN_FILE, SUMMARY_COLUMNS, render_table,
                       write_reports)
 from .run import EvaluationResult, evaluate
 from .sources import (EDIT_SUFFIXES, PRODUCER_FILE, BatchEditProducer, EditFolder, EditProducer, EditSource,
-                      ProducedEdits, check_produced_folder, file_digest)
+                      ProducedEdits, check_produced_folder)
 from .summary import compare, pairwise_outcomes, summarize
 
 __all__ = [

@@ -12,7 +12,7 @@ import torch
 from ..image import load_image
 from ..reward import motion_reward
 from .config import JUDGE_METRICS, MOTION_FIELDS
-from .sources import file_digest
+from ..files import file_digest
 
 
 def _append(log, record: dict) -> None:

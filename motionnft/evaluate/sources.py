@@ -1,14 +1,13 @@
 """Where a system's edits come from: a folder of files, or a producer (e.g. a model + LoRA) that fills one.
 
 Every source maps a dataset sample to the file holding its edit, ``<folder>/<sample id>.<suffix>``:
-that file (and its :func:`file_digest`) is what the evaluation log records, so a resumed run
+that file (and its :func:`~motionnft.files.file_digest`) is what the evaluation log records, so a resumed run
 scores only new or changed edits.
 """
 
 from __future__ import annotations
 
 import abc
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -200,11 +199,4 @@ def _system_name(name: str) -> str:
     return name.strip()
 
 
-def file_digest(path: Path) -> str:
-    """A short content hash of an edit file: a changed file is scored again on resume."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
