@@ -20,45 +20,43 @@ from typing import Iterable
 
 import torch
 
-from .training.settings import TrainConfig
-
-_RELEASE = TrainConfig()
-"""The trainer settings' defaults: where the defaults of :class:`NFTConfig` come from."""
 
 
 @dataclass(frozen=True)
 class NFTConfig:
-    """DiffusionNFT constants. Every field but ``std_eps`` and ``adaptive_floor`` is a trainer
-    setting of the same name (:class:`~motionnft.training.settings.TrainConfig`), whose
-    default it takes (MotionNFT's released training configuration); :meth:`from_settings`
-    reads a run's values."""
+    """DiffusionNFT constants, with the values of MotionNFT's released training configuration.
 
-    beta: float = _RELEASE.beta
+    Every field but ``std_eps`` and ``adaptive_floor`` is also a trainer setting of the same
+    name (:class:`~motionnft.training.settings.TrainConfig`), whose default is this one;
+    :meth:`from_settings` reads a run's values."""
+
+    beta: float = 1.0
     """β: how far the implicit policies step from the old policy."""
-    loss_scale: float = _RELEASE.loss_scale
+    loss_scale: float = 5.0
     """Multiplier of the policy loss (the reference's ``adv_clip_max``)."""
-    kl_weight: float = _RELEASE.kl_weight
+    kl_weight: float = 0.0001
     """Weight of ``mean‖v_θ − v_ref‖²`` (``v_ref``: the base model, adapters off)."""
-    advantage_clip: float = _RELEASE.advantage_clip
+    advantage_clip: float = 5.0
     """Advantages are clipped to ``±advantage_clip`` and mapped to ``r = A / (2·clip) + ½``
     (the reference's ``adv_clip_max``)."""
     std_eps: float = 1e-4
-    group_std_min: float = _RELEASE.group_std_min
+    group_std_min: float = 0.05
     """A prompt trains only if its rollouts' reward std exceeds this ..."""
-    group_mean_max: float = _RELEASE.group_mean_max
+    group_mean_max: float = 0.9
     """... and their mean is below this. A prompt whose std is below ``group_std_min`` and
     whose mean is above ``group_mean_max`` is solved and is dropped from later sampling."""
-    timestep_fraction: float = _RELEASE.timestep_fraction
+    timestep_fraction: float = 0.99
     """Of the sampler's N timesteps, ``int(N · fraction)`` (at least 1) train each sample."""
     adaptive_floor: float = 1e-5
-    old_rate: float = _RELEASE.old_rate
-    old_max: float = _RELEASE.old_max
-    ema_max_decay: float = _RELEASE.ema_max_decay
+    old_rate: float = 0.001
+    old_max: float = 0.5
+    ema_max_decay: float = 0.9
 
     @classmethod
-    def from_settings(cls, settings: TrainConfig) -> "NFTConfig":
-        """The constants of a run: every field that is a setting, read from ``settings``."""
-        names = {f.name for f in fields(TrainConfig)}
+    def from_settings(cls, settings) -> "NFTConfig":
+        """The constants of a run: every field that is a setting, read from ``settings`` (a
+        :class:`~motionnft.training.settings.TrainConfig` or any settings dataclass)."""
+        names = {f.name for f in fields(settings)}
         return cls(**{f.name: getattr(settings, f.name) for f in fields(cls) if f.name in names})
 
     def __post_init__(self):

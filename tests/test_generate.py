@@ -43,7 +43,7 @@ def tiny_kontext():
 
 def add_trainer_lora(transformer, targets, rank: int = 4, alpha: float = 8.0, seed: int = 0, base: str = "flux"):
     """A LoRA as the trainer makes one, without training: PEFT adapter ``default`` on ``targets``
-    with random A and B, read back through ``lora_from_peft_state_dict`` (``train._lora_weights``).
+    with random A and B, read back through ``lora_from_peft_state_dict`` (as ``training.policies`` does).
 
     The adapter stays active on ``transformer``, so it also runs the LoRA the PEFT way."""
     from peft import LoraConfig
@@ -188,7 +188,7 @@ def test_a_lora_of_the_other_base_is_refused(tmp_path):
 
 # The tiny preset's model ------------------------------------------------------------------------------
 def test_model_tiny_is_the_tiny_preset_with_its_base_weights(tmp_path, monkeypatch):
-    import motionnft.train as train
+    import motionnft.training.settings as train
     from safetensors.torch import save_file
 
     shipped = train.load_config

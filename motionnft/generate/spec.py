@@ -70,8 +70,8 @@ class GenerationSettings:
 
 
 def tiny_preset():
-    """The ``tiny`` training preset's configuration (:func:`motionnft.train.load_config`)."""
-    from ..train import load_config
+    """The ``tiny`` training preset's configuration (:func:`motionnft.training.settings.load_config`)."""
+    from ..training.settings import load_config
 
     return load_config("tiny")
 
@@ -157,7 +157,7 @@ class ModelSpec:
 
     def config(self):
         """The trainer configuration this spec describes (see :func:`motionnft.models.build_from_config`)."""
-        from ..train import load_config
+        from ..training.settings import load_config
 
         config = load_config("tiny") if self.kind == "tiny" else load_config(None, overrides={"model": self.kind})
         if self.path is not None:

@@ -2,7 +2,9 @@
 
 This dataclass is the only place a setting is declared. ``motionnft/configs/train.toml``
 holds the presets (``[preset.NAME]`` tables of the settings a preset changes), checked
-against it; :class:`~motionnft.nft.NFTConfig` takes its values from it.
+against it. The objective's constants are declared once, with the maths, in
+:class:`~motionnft.nft.NFTConfig`: their settings here take its defaults, and
+:meth:`TrainConfig.nft` hands a run's values back to it.
 
 ``motionnft train --preset NAME`` starts from these defaults (the released MotionNFT
 training setup: DiffusionNFT with the motion reward), applies ``[preset.NAME]``, then an
@@ -18,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..nft import NFTConfig
 from . import presets
 
 CONFIG_FILE = Path(__file__).parent.parent / "configs" / "train.toml"
@@ -88,18 +91,24 @@ class TrainConfig:
     motion_weight: float = -1.0         #: -1 = automatic: 0.5 with a judge, 1.0 without
     judge_weight: float = -1.0          #: -1 = automatic: 0.5 with a judge, 0 without
 
-    # --- DiffusionNFT objective (motionnft.nft.NFTConfig reads these) ----------------------
-    beta: float = 1.0                   #: how far the implicit policies step from the old policy
-    loss_scale: float = 5.0             #: multiplier of the policy loss
-    kl_weight: float = 0.0001           #: weight of mean |v_theta - v_ref|^2 (v_ref: the base model, adapters off)
+    # --- DiffusionNFT objective (defaults: motionnft.nft.NFTConfig's, the release's) -------
+    beta: float = NFTConfig.beta                #: how far the implicit policies step from the old policy
+    loss_scale: float = NFTConfig.loss_scale    #: multiplier of the policy loss
+    #: weight of mean |v_theta - v_ref|^2 (v_ref: the base model, adapters off)
+    kl_weight: float = NFTConfig.kl_weight
     #: A is clipped to +-advantage_clip; r = clip(A / (2 * advantage_clip) + 0.5, 0, 1)
-    advantage_clip: float = 5.0
-    group_std_min: float = 0.05         #: a prompt trains only if its rollouts' reward std exceeds this ...
-    group_mean_max: float = 0.9         #: ... and their mean is below this (std below and mean above: retired, solved)
-    timestep_fraction: float = 0.99     #: of the sampler's N timesteps, int(N * fraction) (>= 1) train each sample
-    old_rate: float = 0.001             #: old <- eta*old + (1-eta)*theta, eta = min(old_rate*step, old_max)
-    old_max: float = 0.5
-    ema_max_decay: float = 0.9          #: EMA decay min((1+s)/(10+s), ema_max_decay); the EMA is what gets saved
+    advantage_clip: float = NFTConfig.advantage_clip
+    #: a prompt trains only if its rollouts' reward std exceeds this ...
+    group_std_min: float = NFTConfig.group_std_min
+    #: ... and their mean is below this (std below and mean above: retired, solved)
+    group_mean_max: float = NFTConfig.group_mean_max
+    #: of the sampler's N timesteps, int(N * fraction) (>= 1) train each sample
+    timestep_fraction: float = NFTConfig.timestep_fraction
+    #: old <- eta*old + (1-eta)*theta, eta = min(old_rate*step, old_max)
+    old_rate: float = NFTConfig.old_rate
+    old_max: float = NFTConfig.old_max
+    #: EMA decay min((1+s)/(10+s), ema_max_decay); the EMA is what gets saved
+    ema_max_decay: float = NFTConfig.ema_max_decay
 
     # --- optimiser and LoRA ----------------------------------------------------------------
     learning_rate: float = 0.0003
@@ -170,8 +179,6 @@ class TrainConfig:
 
     def nft(self):
         """The DiffusionNFT constants of these settings (:class:`~motionnft.nft.NFTConfig`)."""
-        from ..nft import NFTConfig
-
         return NFTConfig.from_settings(self)
 
     def reward_weights(self, has_judge: bool) -> tuple[float, float]:
