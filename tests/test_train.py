@@ -335,6 +335,16 @@ def test_the_cli_trains_the_tiny_preset(tmp_path, capsys):
     assert main(["train", "--set", "sampler='heun'"]) == 2
 
 
+def test_the_cli_takes_a_preset_of_the_users_config_and_names_the_valid_ones(tmp_path, capsys):
+    from motionnft.cli import main
+
+    (tmp_path / "mine.toml").write_text("[preset.mine]\nmax_steps = 7\n")
+    assert main(["train", "--preset", "mine", "--config", str(tmp_path / "mine.toml"), "--print-config"]) == 0
+    assert "max_steps = 7" in capsys.readouterr().out
+    assert main(["train", "--preset", "kontex", "--print-config"]) == 2
+    assert "unknown preset 'kontex' (did you mean 'kontext'?): expected one of kontext, qwen, tiny" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("kind", ["tiny_flux_kontext", "tiny_qwen_image_edit"])
 def test_every_lora_parameter_receives_a_gradient(kind):
     # DDP stalls on trainable parameters without gradients (Qwen's last block discards
@@ -404,3 +414,12 @@ def test_a_resumed_run_keeps_its_first_heldout_measurement(tmp_path):
     result = train(dataclasses.replace(config, max_steps=2), resume="auto", show_progress=False)
     assert result.heldout_before.scores["mas"].tolist() == [[-1.0, -1.0], [-1.0, -1.0]]
     assert result.heldout_before.ids == first["ids"] and result.heldout_after.step == 2
+
+
+def test_the_checkpoint_store_refuses_to_keep_none():
+    from motionnft.training.checkpoints import Checkpoints
+
+    for keep in (0, -1, 1.5):
+        with pytest.raises(ValueError, match=r"checkpoints to keep: expected an integer >= 1"):
+            Checkpoints("run", keep)
+    assert Checkpoints("run", 1).keep == 1

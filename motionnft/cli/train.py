@@ -13,8 +13,9 @@ def add_train(commands) -> None:
                     "default), motionnft/configs/train.toml (presets), --config FILE, then --set KEY=VALUE. "
                     "Multi-GPU: accelerate launch -m motionnft train ...",
     )
-    train.add_argument("--preset", default="tiny", choices=("tiny", "kontext", "qwen"),
-                       help="starting configuration (default: tiny, the built-in CPU job)")
+    train.add_argument("--preset", default="tiny",
+                       help="starting configuration: tiny (default, the built-in CPU job), kontext, qwen, "
+                            "or a [preset.NAME] of the --config file")
     train.add_argument("--config", type=Path, default=None, help="a TOML file of settings applied after the preset")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
     train.add_argument("--output-dir", dest="output_dir", default=None, help="run folder (checkpoints, metrics, LoRA)")

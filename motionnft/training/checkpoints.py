@@ -35,6 +35,8 @@ class Checkpoints:
     """The checkpoints of one run folder, ``run_dir / "checkpoints"``."""
 
     def __init__(self, run_dir: str | os.PathLike, keep: int, state_file: str = STATE_FILE):
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"checkpoints to keep: expected an integer >= 1, got {keep!r}")
         self.run_dir = Path(run_dir)
         self.root = self.run_dir / "checkpoints"
         self.keep = keep
