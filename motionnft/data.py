@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .files import atomic_write
+from .files import atomic_write, check_file_stem, path_inside
 from .image import pil_to_tensor, save_image
 
 METADATA_FILE = "metadata.jsonl"
@@ -121,12 +121,13 @@ def _read_folder(root: Path) -> list[EditSample]:
         if missing:
             raise ValueError(f"{root / METADATA_FILE} line {number}: missing {', '.join(missing)}")
         extra = {k: v for k, v in record.items() if k not in REQUIRED_COLUMNS and k != "category"}
+        where = f"{root / METADATA_FILE} line {number}"
         samples.append(
             EditSample(
                 id=str(record["id"]),
                 prompt=str(record["prompt"] or ""),
-                input_source=root / record["input_image"],
-                target_source=root / record["target_image"],
+                input_source=path_inside(root, record["input_image"], f"{where}: input_image"),
+                target_source=path_inside(root, record["target_image"], f"{where}: target_image"),
                 category=record.get("category"),
                 extra=extra,
             )
@@ -277,8 +278,7 @@ class DatasetWriter:
             raise RuntimeError("DatasetWriter.add outside its 'with' block")
         if sample_id in self._ids:
             raise ValueError(f"sample id {sample_id!r} is already in {self.root}")
-        if not sample_id or any(c in sample_id for c in "/\\\n"):
-            raise ValueError(f"sample id {sample_id!r}: must be non-empty, without slashes or newlines")
+        check_file_stem(sample_id, "sample id")
         reserved = set(REQUIRED_COLUMNS) & set(fields)
         if reserved:
             raise ValueError(f"fields {sorted(reserved)} are set by add() itself")

@@ -57,3 +57,32 @@ def file_digest(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def check_file_stem(name: str, what: str) -> str:
+    """``name`` if it can name a file inside a folder (a sample id as ``<id>.png``).
+
+    Raises:
+        ValueError naming ``what`` when ``name`` is empty, ``.`` or ``..``, or holds a slash, a
+        backslash, a newline or a NUL: any of these could put the file elsewhere.
+    """
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\n\r\0"):
+        raise ValueError(f"{what} {name!r}: cannot name a file (expected a non-empty name without slashes, "
+                         "backslashes, line breaks or NUL, and not '.' or '..')")
+    return name
+
+
+def path_inside(root: str | os.PathLike, relative, what: str) -> Path:
+    """``root / relative`` if it stays inside ``root`` once resolved (symbolic links and ``..``
+    followed); ``relative`` must be a relative path given as text.
+
+    Raises:
+        ValueError naming ``what``: not text, absolute, or resolving outside ``root``.
+    """
+    if not isinstance(relative, str) or not relative:
+        raise ValueError(f"{what}: expected a path relative to {root} as text, got {relative!r}")
+    root = Path(root)
+    path = root / relative
+    if Path(relative).is_absolute() or not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{what} {relative!r}: resolves outside {root}; a dataset's files must be inside its folder")
+    return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import json
 
 import pytest
@@ -145,3 +146,39 @@ def test_a_missing_image_file_names_the_sample(tmp_path):
     (tmp_path / "images" / "a_target.png").unlink()
     with pytest.raises(FileNotFoundError, match="a: target_image"):
         open_dataset(tmp_path)[0].target_image()
+
+
+# Files stay inside the folders the user named -------------------------------------------------------
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("input_image", "../outside.png", "line 1: input_image '../outside.png': resolves outside"),
+    ("target_image", "images/../../outside.png", "line 1: target_image 'images/../../outside.png': resolves outside"),
+    ("input_image", "ABSOLUTE", "resolves outside"),
+    ("input_image", "images/escape.png", "line 1: input_image 'images/escape.png': resolves outside"),  # a symlink out
+    ("input_image", 7, "line 1: input_image: expected a path relative to"),
+])
+def test_a_dataset_never_reads_files_outside_its_folder(tmp_path, field, value, message):
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(png_bytes(0.5))
+    root = tmp_path / "dataset"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "in.png").write_bytes(png_bytes(0.2))
+    (root / "images" / "escape.png").symlink_to(outside)
+    record = {"id": "a", "prompt": "p", "input_image": "images/in.png", "target_image": "images/in.png"}
+    record[field] = str(outside) if value == "ABSOLUTE" else value
+    (root / METADATA_FILE).write_text(json.dumps(record) + "\n")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        open_dataset(root)
+
+
+def test_sample_ids_that_could_name_a_file_elsewhere_are_refused(tmp_path):
+    from motionnft.data import EditSample
+    from motionnft.evaluate import ProducedEdits
+
+    made = ProducedEdits("model", tmp_path / "a" / "made", lambda sample: solid(0.5))
+    for bad in ("../../x", "a/b", "..", ""):
+        sample = EditSample(id=bad, prompt="p", input_source=png_bytes(0.2), target_source=png_bytes(0.2))
+        with pytest.raises(ValueError, match="sample id .*cannot name a file"):
+            made.obtain(sample)
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == []
+    with DatasetWriter(tmp_path / "written") as writer, pytest.raises(ValueError, match="cannot name a file"):
+        writer.add("../up", "p", solid(0.1), solid(0.2))

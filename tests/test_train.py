@@ -423,3 +423,18 @@ def test_the_checkpoint_store_refuses_to_keep_none():
         with pytest.raises(ValueError, match=r"checkpoints to keep: expected an integer >= 1"):
             Checkpoints("run", keep)
     assert Checkpoints("run", 1).keep == 1
+
+
+def test_a_checkpoints_latest_file_resolves_only_inside_its_run(tmp_path):
+    from motionnft.training.checkpoints import Checkpoints
+
+    store = Checkpoints(tmp_path / "run", 2)
+    store.root.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    for name in ("../../elsewhere", str(tmp_path / "elsewhere"), "step-1/../.."):
+        (store.root / "latest").write_text(name + "\n")
+        for resume in ("auto", tmp_path / "run"):
+            with pytest.raises(ValueError, match=r"latest: checkpoint name .*cannot name a file"):
+                store.find(resume)
+    (store.root / "latest").write_text("step-000004\n")
+    assert store.find("auto") == store.root / "step-000004"

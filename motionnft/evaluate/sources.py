@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..data import EditSample
-from ..files import atomic_write
+from ..files import atomic_write, check_file_stem
 from ..image import check_image_batch, save_image
 
 EDIT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -130,7 +130,7 @@ class ProducedEdits(EditFolder):
 
     def _keep(self, sample: EditSample, image: torch.Tensor) -> Path:
         image = check_image_batch(f"edit of {sample.id} by {self.name!r}", image)
-        path = save_image(image[:1], self.folder / f"{sample.id}.png")
+        path = save_image(image[:1], self.folder / f"{check_file_stem(sample.id, 'sample id')}.png")
         self._index[sample.id] = path
         return path
 

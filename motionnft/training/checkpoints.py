@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from ..files import atomic_write
+from ..files import atomic_write, check_file_stem
 
 STATE_FILE = "trainer_state.pt"
 
@@ -73,14 +73,21 @@ class Checkpoints:
             latest = self.root / "latest"
             if not latest.is_file():
                 return None
-            return self.root / latest.read_text().strip()
+            return self._latest(self.root)
         path = Path(resume)
         if (path / "checkpoints" / "latest").is_file():
-            return path / "checkpoints" / (path / "checkpoints" / "latest").read_text().strip()
+            return self._latest(path / "checkpoints")
         if not (path / self.state_file).is_file():
             raise FileNotFoundError(f"resume: no checkpoint at {path} (looked for {path / self.state_file} and "
                                     f"{path / 'checkpoints' / 'latest'})")
         return path
+
+    @staticmethod
+    def _latest(root: Path) -> Path:
+        """The checkpoint ``root/latest`` names: a folder of ``root`` itself, never a path elsewhere."""
+        name = (root / "latest").read_text().strip()
+        check_file_stem(name, f"{root / 'latest'}: checkpoint name")
+        return root / name
 
     def load(self, path: Path, required: set[str], what: str) -> dict:
         """The state saved in checkpoint ``path``, read with ``torch.load(weights_only=True)``:
