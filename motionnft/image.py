@@ -49,9 +49,11 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the file is not an image PIL can read.
+        ValueError: the path is a folder, or a file that is not an image PIL can read.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"image {path}: is a folder, expected an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:

@@ -209,6 +209,10 @@ def test_reading_a_bad_flo_file_names_it(tmp_path):
         read_flo(truncated)
     with pytest.raises(FileNotFoundError, match="missing.flo"):
         read_flo(tmp_path / "missing.flo")
+    longer = write_flo(tmp_path / "long.flo", torch.ones(2, 3, 4))
+    longer.write_bytes(longer.read_bytes() + b"\0" * 8)  # a second file's bytes run on
+    with pytest.raises(ValueError, match="long.flo: 8 bytes after the 4x3 flow; a .flo of that size is 108 bytes"):
+        read_flo(longer)
 
 
 def test_an_interrupted_write_keeps_the_old_file(tmp_path):

@@ -32,6 +32,9 @@ def test_unreadable_and_missing_files_are_named(tmp_path):
         load_image(tmp_path / "notes.png")
     with pytest.raises(FileNotFoundError, match="gone.png"):
         load_image(tmp_path / "gone.png")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(ValueError, match="folder.png: is a folder, expected an image file"):
+        load_image(tmp_path / "folder.png")
     with pytest.raises(ValueError, match="unknown image suffix"):
         save_image(torch.zeros(3, 2, 2), tmp_path / "x.unknown")
 

@@ -279,7 +279,8 @@ def test_a_lora_for_the_other_base_is_refused_by_name(tmp_path):
 def test_ambiguous_names_need_metadata_or_a_base(tmp_path):
     pairs = make_pairs(qwen_shapes(WIDTH, blocks=(0,)), RANK)
     path = save(tmp_path, "a.safetensors", state_dict_in_layout("diffusers", pairs, ALPHA))
-    with pytest.raises(ValueError, match="cannot tell"):
+    with pytest.raises(ValueError, match=r"cannot tell.*--base flux or --base qwen_image on the command line; "
+                                         r"base='flux' or base='qwen_image' in Python"):
         load_lora(path)
     assert load_lora(path, base="flux").base == "flux"
     tagged = save(tmp_path, "b.safetensors", state_dict_in_layout("diffusers", pairs, ALPHA),

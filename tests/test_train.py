@@ -171,7 +171,7 @@ def test_with_a_judge_the_raw_reward_is_half_motion_half_judge(tmp_path):
 
 
 def test_ctrl_c_saves_the_last_completed_step_and_resume_continues_exactly(tmp_path):
-    whole = train(fast_config(tmp_path, "whole", max_steps=2), judge=CountingJudge(), resume=None, show_progress=False)
+    train(fast_config(tmp_path, "whole", max_steps=2), judge=CountingJudge(), resume=None, show_progress=False)
     # 8 judge calls per step: the 13th falls inside step 2's rewards
     stopped = train(fast_config(tmp_path, "cut", max_steps=2), judge=CountingJudge(interrupt_on_call=13),
                     resume=None, show_progress=False)

@@ -38,6 +38,9 @@ def read_flo(path: str | os.PathLike) -> torch.Tensor:
     expected = 12 + 8 * width * height
     if len(data) < expected:
         raise ValueError(f"{path}: truncated ({len(data)} bytes, {width}x{height} needs {expected})")
+    if len(data) > expected:  # two files run together, or not a .flo: refuse rather than guess
+        raise ValueError(f"{path}: {len(data) - expected} bytes after the {width}x{height} flow; "
+                         f"a .flo of that size is {expected} bytes")
     flow = np.frombuffer(data, "<f4", 2 * width * height, 12).reshape(height, width, 2)
     return torch.from_numpy(flow.copy()).permute(2, 0, 1).contiguous()
 

@@ -79,7 +79,8 @@ def resolve_base(base: str | None, names, in_features: dict[str, int], metadata:
         if base is None:
             raise ValueError(
                 f"cannot tell whether this LoRA is for Flux/Kontext or Qwen-Image ({reason}) and its metadata "
-                "does not say: pass base='flux' or base='qwen_image'"
+                "does not say: give the base (--base flux or --base qwen_image on the command line; "
+                "base='flux' or base='qwen_image' in Python)"
             )
         return base
     check_base(base)
