@@ -24,6 +24,24 @@ def _umask() -> int:
     return mask
 
 
+def check_output_file(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`Path` if a file can be written there: not a folder, and no part
+    of its parent path an existing file.
+
+    Raises:
+        IsADirectoryError / NotADirectoryError naming ``path`` as given (not a temporary file).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, expected a file to write")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{path}: cannot write there, {parent} is a file, not a folder")
+            break
+    return path
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file next to ``path`` and move it over ``path`` on success.
@@ -31,7 +49,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     A crash or an exception inside the block leaves ``path`` untouched (the old file, or
     no file), never a truncated one. The parent folder is created if missing.
     """
-    path = Path(path)
+    path = check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

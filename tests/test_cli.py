@@ -65,6 +65,19 @@ def test_missing_and_unreadable_inputs_exit_2_with_the_path(pair, tmp_path, caps
     assert "cannot read" in capsys.readouterr().err and not (tmp_path / "x.flo").exists()
 
 
+def test_an_output_path_that_cannot_be_a_file_exits_2_naming_it(pair, tmp_path, capsys):
+    a, b = pair
+    (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "folder.flo").mkdir()
+    cases = {str(tmp_path / "notes.txt" / "x.flo"): f"{tmp_path / 'notes.txt'} is a file, not a folder",
+             str(tmp_path / "folder.flo"): f"{tmp_path / 'folder.flo'}: is a folder, expected a file to write"}
+    for out, message in cases.items():
+        assert main(["flow", str(a), str(b), "--preset", "fast", "--out", out]) == 2
+        error = capsys.readouterr().err
+        assert message in error and ".tmp" not in error and len(error.strip().splitlines()) == 1
+    assert (tmp_path / "notes.txt").read_text() == "keep me" and not any((tmp_path / "folder.flo").iterdir())
+
+
 def test_flow_of_different_sizes_resizes_the_second_image(pair, tmp_path, capsys):
     a, _ = pair
     big = save_image(torch.rand(3, 40, 50), tmp_path / "big.png")

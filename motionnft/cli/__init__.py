@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError, IndexError) as error:
+    except (OSError, ValueError, IndexError) as error:  # OSError: every file the user named (exists, folder, rights)
         print(f"motionnft {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
