@@ -438,3 +438,29 @@ def test_a_checkpoints_latest_file_resolves_only_inside_its_run(tmp_path):
                 store.find(resume)
     (store.root / "latest").write_text("step-000004\n")
     assert store.find("auto") == store.root / "step-000004"
+
+
+def test_temporaries_left_by_a_killed_writer_are_removed_on_the_next_write(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from motionnft.files import atomic_write
+    from motionnft.training.checkpoints import Checkpoints
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    live = str(os.getppid())
+    store = Checkpoints(tmp_path / "run", 2)
+    store.root.mkdir(parents=True)
+    killed = {store.root / f".step.{dead}.000002.tmp": "dir", tmp_path / f".lora.safetensors.{dead}.x1y2.tmp": "file"}
+    running = {store.root / f".step.{live}.000002.tmp": "dir", tmp_path / f".lora.safetensors.{live}.a1b2.tmp": "file"}
+    for path, kind in {**killed, **running}.items():
+        path.mkdir() if kind == "dir" else path.write_bytes(b"\0" * 64)
+    (tmp_path / ".lora.safetensors.notapid.tmp").write_text("not ours")
+    with atomic_write(tmp_path / "lora.safetensors") as handle:
+        handle.write(b"x")
+    store.save(1, {"step": 1})
+    assert not any(path.exists() for path in killed)
+    assert all(path.exists() for path in running) and (tmp_path / ".lora.safetensors.notapid.tmp").exists()
+    assert (store.root / "step-000001").is_dir() and (tmp_path / "lora.safetensors").read_bytes() == b"x"

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from ..files import atomic_write, check_file_stem
+from ..files import atomic_write, check_file_stem, remove_stale_temporaries
 
 STATE_FILE = "trainer_state.pt"
 
@@ -49,7 +49,8 @@ class Checkpoints:
         final = self.root / f"step-{step:06d}"
         if final.is_dir():
             return final
-        temporary = self.root / f".step-{step:06d}.tmp-{os.getpid()}"
+        remove_stale_temporaries(self.root, ".step.")  # a save cut short by a kill
+        temporary = self.root / f".step.{os.getpid()}.{step:06d}.tmp"
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)
         for name, write in (files or {}).items():
