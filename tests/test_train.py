@@ -464,3 +464,9 @@ def test_temporaries_left_by_a_killed_writer_are_removed_on_the_next_write(tmp_p
     assert not any(path.exists() for path in killed)
     assert all(path.exists() for path in running) and (tmp_path / ".lora.safetensors.notapid.tmp").exists()
     assert (store.root / "step-000001").is_dir() and (tmp_path / "lora.safetensors").read_bytes() == b"x"
+
+
+def test_a_config_file_that_is_not_toml_is_named_with_its_line(tmp_path):
+    (tmp_path / "bad.toml").write_text("max_steps = 3\nlora_rank = = 4\n")
+    with pytest.raises(ValueError, match=r"bad\.toml: not valid TOML \(.*line 2"):
+        load_config("tiny", tmp_path / "bad.toml")

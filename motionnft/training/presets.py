@@ -109,12 +109,24 @@ def parse_override(settings_class, text: str) -> tuple[str, Any]:
 def read_presets(path: str | os.PathLike) -> dict[str, dict]:
     """The ``[preset.NAME]`` tables of a shipped preset file; it holds nothing else."""
     path = Path(path)
-    shipped = toml_module().loads(path.read_text())
+    shipped = read_toml(path)
     extra = sorted(set(shipped) - {"preset"})
     if extra:
         raise ValueError(f"{path}: only [preset.NAME] tables belong here (defaults are the settings class's), "
                          f"found {', '.join(extra)}")
     return dict(shipped.get("preset", {}))
+
+
+def read_toml(path: Path) -> dict:
+    """The tables of the TOML file ``path``.
+
+    Raises:
+        ValueError naming the file (and the line TOML's reader gives) when it is not valid TOML.
+    """
+    try:
+        return toml_module().loads(path.read_text())
+    except ValueError as error:  # tomllib.TOMLDecodeError / tomli's: the message has the line, not the file
+        raise ValueError(f"{path}: not valid TOML ({error})") from None
 
 
 def load_settings(settings_class: type[Settings], presets_file: str | os.PathLike, preset: str | None = None,
@@ -131,7 +143,7 @@ def load_settings(settings_class: type[Settings], presets_file: str | os.PathLik
         path = Path(config_file)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        user = toml_module().loads(path.read_text())
+        user = read_toml(path)
         presets.update(user.pop("preset", {}))
     for name, table in presets.items():  # every preset, used or not: a typo is found when it is written
         apply_settings(settings_class(), table, f"preset {name}")
