@@ -445,7 +445,7 @@ def test_temporaries_left_by_a_killed_writer_are_removed_on_the_next_write(tmp_p
     import subprocess
     import sys
 
-    from motionnft.files import atomic_write
+    from motionnft.files import atomic_write, remove_stale_temporaries
     from motionnft.training.checkpoints import Checkpoints
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
@@ -459,7 +459,9 @@ def test_temporaries_left_by_a_killed_writer_are_removed_on_the_next_write(tmp_p
         path.mkdir() if kind == "dir" else path.write_bytes(b"\0" * 64)
     (tmp_path / ".lora.safetensors.notapid.tmp").write_text("not ours")
     with atomic_write(tmp_path / "lora.safetensors") as handle:
+        assert [p.name.split(".")[3] for p in tmp_path.glob(".lora.safetensors.*.tmp")].count(str(os.getpid())) == 1
         handle.write(b"x")
+    remove_stale_temporaries(tmp_path, ".lora.safetensors.")  # what save_lora does before it writes
     store.save(1, {"step": 1})
     assert not any(path.exists() for path in killed)
     assert all(path.exists() for path in running) and (tmp_path / ".lora.safetensors.notapid.tmp").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import atomic_write
+from ..files import atomic_write, remove_stale_temporaries
 from .export import export_state_dict, training_metadata
 from .names import check_base
 from .read import lora_from_state_dict
@@ -142,6 +142,7 @@ def save_lora(path: str | Path, lora: LoraWeights) -> Path:
         if not isinstance(key, str) or not isinstance(value, str):
             raise ValueError(f"lora.metadata: keys and values must be strings, got {key!r}: {type(value).__name__}")
     data = save(export_state_dict(lora), metadata=training_metadata(lora))
+    remove_stale_temporaries(path.parent, f".{path.name}.")  # a large file: a killed write must not pile up
     with atomic_write(path, "wb") as handle:
         handle.write(data)
     return path
