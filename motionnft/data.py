@@ -21,7 +21,6 @@ columns as ``{"bytes", "path"}`` structs, raw bytes or paths) and optionally ``c
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -29,10 +28,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from .files import atomic_write, check_file_stem, path_inside
-from .image import pil_to_tensor, save_image
+from .image import decode_image, save_image
 
 METADATA_FILE = "metadata.jsonl"
 IMAGES_DIR = "images"
@@ -52,25 +50,11 @@ class EditSample:
 
     def input_image(self) -> torch.Tensor:
         """``(1, 3, H, W)`` float in [0, 1]."""
-        return _decode(self.input_source, f"{self.id}: input_image")
+        return decode_image(self.input_source, f"{self.id}: input_image")
 
     def target_image(self) -> torch.Tensor:
         """``(1, 3, H, W)`` float in [0, 1]."""
-        return _decode(self.target_source, f"{self.id}: target_image")
-
-
-def _decode(source: Path | bytes, what: str) -> torch.Tensor:
-    try:
-        if isinstance(source, (bytes, bytearray)):
-            with Image.open(io.BytesIO(source)) as pil:
-                return pil_to_tensor(pil.convert("RGB"))
-        with Image.open(source) as pil:
-            return pil_to_tensor(pil.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what}: image file not found: {source}") from None
-    except (UnidentifiedImageError, OSError) as error:
-        where = source if isinstance(source, Path) else f"{len(source)} embedded bytes"
-        raise ValueError(f"{what}: cannot decode the image ({where}): {error}") from error
+        return decode_image(self.target_source, f"{self.id}: target_image")
 
 
 class EditDataset(Sequence[EditSample]):
@@ -117,6 +101,8 @@ def open_dataset(path: str | os.PathLike) -> EditDataset:
 def _read_folder(root: Path) -> list[EditSample]:
     samples = []
     for number, record in read_jsonl_records(root / METADATA_FILE):
+        if not isinstance(record, dict):
+            raise ValueError(f"{root / METADATA_FILE} line {number}: expected a JSON object, got {type(record).__name__}")
         missing = [key for key in REQUIRED_COLUMNS if key not in record]
         if missing:
             raise ValueError(f"{root / METADATA_FILE} line {number}: missing {', '.join(missing)}")
@@ -124,7 +110,7 @@ def _read_folder(root: Path) -> list[EditSample]:
         where = f"{root / METADATA_FILE} line {number}"
         samples.append(
             EditSample(
-                id=str(record["id"]),
+                id=check_file_stem(str(record["id"]), f"{where}: id"),
                 prompt=str(record["prompt"] or ""),
                 input_source=path_inside(root, record["input_image"], f"{where}: input_image"),
                 target_source=path_inside(root, record["target_image"], f"{where}: target_image"),
@@ -183,7 +169,7 @@ def _read_table_files(files: list[Path], kind: str) -> list[EditSample]:
                      and not isinstance(v, (bytes, dict))}
             samples.append(
                 EditSample(
-                    id=str(row["id"]),
+                    id=check_file_stem(str(row["id"]), f"{file}: id"),
                     prompt=str(row["prompt"] or ""),
                     input_source=_table_image(row["input_image"], file, row["id"], "input_image"),
                     target_source=_table_image(row["target_image"], file, row["id"], "target_image"),
@@ -226,12 +212,41 @@ class DatasetWriter:
         self.root = Path(root)
         self._ids: set[str] = set()
         self._handle = None
+        self.missing_images: list[str] = []
+        """Ids of the samples whose image files were gone when the writer opened: dropped, to be made again."""
 
     def __enter__(self) -> "DatasetWriter":
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / IMAGES_DIR).mkdir(exist_ok=True)
         metadata = self.root / METADATA_FILE
         self._handle = open(metadata, "ab+")
+        self._lock()
+        self._repair_torn_tail()
+        records = [record for _, record in read_jsonl_records(metadata)]
+        self.missing_images = [r.get("id") for r in records if not self._images_present(r)]
+        if self.missing_images:
+            self._rewrite([r for r in records if r.get("id") not in set(self.missing_images)])
+        self._ids = {record.get("id") for record in records} - set(self.missing_images)
+        return self
+
+    def _images_present(self, record: dict) -> bool:
+        return all(isinstance(record.get(key), str) and (self.root / record[key]).is_file()
+                   for key in ("input_image", "target_image"))
+
+    def _rewrite(self, records: list[dict]) -> None:
+        """Replace metadata.jsonl by ``records`` (atomically), then hold the new file as the old."""
+        with atomic_write(self.root / METADATA_FILE) as handle:
+            handle.write(b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in records))
+        self._handle.close()
+        self._handle = open(self.root / METADATA_FILE, "ab+")
+        self._lock()
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def _lock(self) -> None:
         try:
             import fcntl
 
@@ -240,15 +255,8 @@ class DatasetWriter:
             pass
         except BlockingIOError:
             self._handle.close()
-            raise RuntimeError(f"{self.root} is being written by another process") from None
-        self._repair_torn_tail()
-        self._ids = {record["id"] for _, record in read_jsonl_records(metadata)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            self._handle.close()
             self._handle = None
+            raise RuntimeError(f"{self.root} is being written by another process") from None
 
     def _repair_torn_tail(self) -> None:
         handle = self._handle

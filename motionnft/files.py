@@ -78,6 +78,43 @@ def check_output_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`Path` if a folder can be created or reused there: not a file, not a
+    symbolic link that leads nowhere (missing target or a loop), and no part of its parent path
+    an existing file.
+
+    Raises:
+        NotADirectoryError / FileExistsError naming ``path`` as given.
+    """
+    path = Path(path)
+    if os.path.lexists(path) and not path.exists():
+        raise FileExistsError(f"{path}: is a symbolic link that leads nowhere (a loop or a missing target), "
+                              "expected a folder")
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path}: is a file, expected a folder")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{path}: cannot create a folder there, {parent} is a file, not a folder")
+            break
+    return path
+
+
+def check_not_an_input(output: str | os.PathLike, inputs, what: str) -> None:
+    """Refuse an output file that is one of the inputs (the same file under any name): writing
+    it would replace what is being read.
+
+    Raises:
+        ValueError naming ``what`` and both paths.
+    """
+    output = Path(output)
+    if not output.exists():
+        return
+    for given in inputs:
+        if given is not None and Path(given).exists() and os.path.samefile(output, given):
+            raise ValueError(f"{what} {output}: is the input {given}; choose another output file")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file next to ``path`` and move it over ``path`` on success.

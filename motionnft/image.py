@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .files import atomic_write
 
@@ -45,30 +45,66 @@ def check_image_batch(name: str, image: torch.Tensor, channels: tuple[int, ...] 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
     """Read an image file into a ``(1, 3, H, W)`` float32 tensor in [0, 1].
 
-    Grey, palette and alpha images are converted to RGB (alpha is dropped).
+    Grey, palette and alpha images are converted to RGB (alpha is dropped); 16-bit images keep
+    their range (65535 is 1.0); an EXIF orientation is applied, as viewers show the picture.
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the path is a folder, or a file that is not an image PIL can read.
+        ValueError: the path is a folder, a file that is not an image PIL can read, or an image
+            over PIL's decompression-bomb pixel limit.
     """
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"image {path}: is a folder, expected an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
+    return decode_image(path, "image")
+
+
+def decode_image(source: str | os.PathLike | bytes, what: str) -> torch.Tensor:
+    """An image file or its encoded bytes as a ``(1, 3, H, W)`` float32 tensor in [0, 1] (see
+    :func:`load_image`).
+
+    Raises:
+        FileNotFoundError naming ``what``; ValueError naming ``what`` for undecodable data or an
+        image over PIL's pixel limit (its size and the limit in the message).
+    """
+    import io
+
+    where = f"{len(source)} embedded bytes" if isinstance(source, (bytes, bytearray)) else source
     try:
-        with Image.open(path) as pil:
+        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as pil:
             pil.load()
-            rgb = pil.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot read {path} as an image (PNG, JPEG, WebP, PPM, ...): {error}") from error
-    return pil_to_tensor(rgb)
+            return pil_to_tensor(pil)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what}: image file not found: {source}") from None
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{what}: {where} is too large to decode safely: {error} (PIL's decompression-bomb "
+                         "guard, Image.MAX_IMAGE_PIXELS); downscale it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"{what}: cannot read {where} as an image (PNG, JPEG, WebP, PPM, ...): {error}") from None
+
+
+# 16-bit and 32-bit integer modes (PNG/TIFF greys) and their full-scale value
+_INTEGER_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
 
 
 def pil_to_tensor(pil: Image.Image) -> torch.Tensor:
-    """PIL RGB image -> ``(1, 3, H, W)`` float32 in [0, 1]."""
-    array = np.asarray(pil.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
+    """PIL image of any mode -> ``(1, 3, H, W)`` float32 in [0, 1], upright.
+
+    The EXIF orientation, if any, is applied. 16-bit greys are scaled by 65535 (mode ``I``, which
+    PIL uses for 16-bit PNGs too, likewise), float greys (``F``) are clipped to [0, 1]; both are
+    repeated to three channels. Every other mode goes through PIL's RGB conversion.
+    """
+    pil = ImageOps.exif_transpose(pil) if pil.getexif() else pil
+    if pil.mode in _INTEGER_MODES or pil.mode == "F":
+        # PIL's own convert("RGB") clips these to 8 bits (values over 255 become white)
+        grey = np.asarray(pil, dtype=np.float32)
+        grey = grey / _INTEGER_MODES[pil.mode] if pil.mode in _INTEGER_MODES else grey
+        array = np.repeat(np.clip(grey, 0.0, 1.0)[..., None], 3, axis=-1)
+    else:
+        array = np.asarray(pil.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0)
 
 
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -21,6 +22,10 @@ import numpy as np
 import torch
 
 from .files import atomic_write
+
+class VideoWarning(UserWarning):
+    """A video was read only in part (truncated or damaged): the frames after the stop are missing."""
+
 
 VideoSource = Union[str, os.PathLike, BinaryIO]
 """A video file path, or an open binary file object (e.g. ``io.BytesIO``) holding one."""
@@ -86,6 +91,9 @@ def _open(source: VideoSource):
     if not container.streams.video:
         container.close()
         raise ValueError(f"{_describe(source)} holds no video stream")
+    if container.format.name.endswith("_pipe") or container.format.name == "image2":
+        container.close()  # FFmpeg reads a still image as a one-frame video
+        raise ValueError(f"{_describe(source)} is a still image ({container.format.name}), not a video")
     return container
 
 
@@ -171,13 +179,24 @@ def sample_frames(source: VideoSource, sample_fps: float | None = None) -> Itera
     """
     if sample_fps is not None and not sample_fps > 0:
         raise ValueError(f"sample_fps must be > 0, got {sample_fps}")
+    av = _import_av()
     with _open(source) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
         sampler = TimeSampler(sample_fps, fps)
-        first_time = None
-        for index, frame in enumerate(container.decode(stream)):
+        expected = _expected_frames(stream, container, fps)
+        first_time, decoded, stopped_by = None, 0, None
+        frames = container.decode(stream)
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as error:  # damaged data: keep what was read, say where it stopped
+                stopped_by = error
+                break
+            index, decoded = decoded, decoded + 1
             time = frame.time
             if time is None:
                 time = index / fps
@@ -186,6 +205,20 @@ def sample_frames(source: VideoSource, sample_fps: float | None = None) -> Itera
             time -= first_time  # streams may start at a non-zero pts
             if sampler.take(time):
                 yield VideoFrame(index=index, time=round(time, 6), rgb=frame.to_ndarray(format="rgb24"))
+        if stopped_by is not None or (expected and decoded < expected - max(2, expected // 50)):
+            warnings.warn(VideoWarning(
+                f"{_describe(source)}: decoding stopped after {decoded} of {expected or '?'} frames "
+                f"({decoded / fps:.2f} s of {expected / fps:.2f} s)" + (f": {stopped_by}" if stopped_by else "")
+                + "; the file looks truncated or damaged, the rest is not used"), stacklevel=2)
+
+
+def _expected_frames(stream, container, fps: float) -> int:
+    """The frame count a video's header announces (0 if it does not say)."""
+    if stream.frames:
+        return int(stream.frames)
+    if stream.duration is not None and stream.time_base is not None:
+        return int(round(float(stream.duration * stream.time_base) * fps))
+    return int(round(container.duration / 1_000_000 * fps)) if container.duration else 0
 
 
 def frame_to_tensor(rgb: np.ndarray) -> torch.Tensor:

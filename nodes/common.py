@@ -132,7 +132,10 @@ def resolve_preset(preset: str) -> str | None:
 
 
 def image_to_bchw(name: str, image: torch.Tensor) -> torch.Tensor:
-    """ComfyUI IMAGE ``(B, H, W, 3)`` -> library layout ``(B, 3, H, W)`` float32."""
+    """ComfyUI IMAGE ``(B, H, W, 3)`` -> library layout ``(B, 3, H, W)`` float32.
+
+    Raises ValueError naming ``name`` for another layout, an empty batch or NaN/infinite values.
+    """
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"{name}: expected an IMAGE batch (B, H, W, 3), got {shape}")
@@ -141,7 +144,18 @@ def image_to_bchw(name: str, image: torch.Tensor) -> torch.Tensor:
             f"{name}: expected 3 colour channels, got {image.shape[-1]} (shape {tuple(image.shape)}); "
             "convert the image to RGB first"
         )
+    if image.numel() == 0:
+        raise ValueError(f"{name}: empty IMAGE batch (shape {tuple(image.shape)}); expected at least one image")
+    check_finite(name, image)
     return image.movedim(-1, 1).float()
+
+
+def check_finite(name: str, values: torch.Tensor) -> None:
+    """ValueError naming ``name`` when ``values`` holds NaN or infinite numbers (what a diverged
+    upstream node gives): scoring or warping them would silently give NaN."""
+    if values.is_floating_point() and not torch.isfinite(values).all():
+        bad = int((~torch.isfinite(values)).sum())
+        raise ValueError(f"{name}: {bad} of {values.numel()} values are NaN or infinite; check the node that made it")
 
 
 def bchw_to_image(image: torch.Tensor) -> torch.Tensor:
@@ -150,10 +164,30 @@ def bchw_to_image(image: torch.Tensor) -> torch.Tensor:
 
 
 def check_flow(name: str, flow) -> torch.Tensor:
+    """A MOTIONNFT_FLOW ``(B, 2, H, W)`` in pixels, checked; ValueError naming ``name`` otherwise."""
     if not isinstance(flow, torch.Tensor) or flow.ndim != 4 or flow.shape[1] != 2:
         shape = tuple(flow.shape) if isinstance(flow, torch.Tensor) else type(flow).__name__
         raise ValueError(f"{name}: expected a MOTIONNFT_FLOW tensor (B, 2, H, W), got {shape}")
+    if flow.numel() == 0:
+        raise ValueError(f"{name}: empty flow (shape {tuple(flow.shape)})")
+    check_finite(name, flow)
     return flow
+
+
+def check_mask(name: str, mask, size: tuple[int, int]) -> torch.Tensor:
+    """A ComfyUI MASK ``(H, W)`` or ``(B, H, W)`` in [0, 1] as ``(B, H, W)`` float at ``size``
+    (resized bilinearly when it differs); ValueError naming ``name`` for another layout, an empty
+    mask or NaN values."""
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"{name}: expected a MASK (H, W) or (B, H, W), got {shape}")
+    mask = mask.unsqueeze(0) if mask.ndim == 2 else mask
+    if mask.numel() == 0:
+        raise ValueError(f"{name}: empty MASK (shape {tuple(mask.shape)})")
+    check_finite(name, mask)
+    if tuple(mask.shape[-2:]) != tuple(size):
+        mask = torch.nn.functional.interpolate(mask.unsqueeze(1).float(), size=tuple(size), mode="bilinear")[:, 0]
+    return mask.float()
 
 
 def progress_callback(total: int):

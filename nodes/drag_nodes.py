@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io, ui
 
 from ..motionnft.drag import drags_to_flow, parse_drags
-from .common import CATEGORY, Flow, image_to_bchw
+from .common import CATEGORY, Flow, check_mask, image_to_bchw
 
 DRAG_EDITOR_HELP = (
     "Drag list from the point-drag editor on this node: click a point on the image and drag "
@@ -51,10 +50,7 @@ class DragToFlow(io.ComfyNode):
         if len(drag_list) == 0:
             raise ValueError("drags: no drag pairs yet; draw at least one on the node's editor")
         if mask is not None:
-            if mask.ndim == 2:
-                mask = mask.unsqueeze(0)
-            if tuple(mask.shape[-2:]) != (height, width):
-                mask = torch.nn.functional.interpolate(mask.unsqueeze(1).float(), size=(height, width), mode="bilinear")[:, 0]
+            mask = check_mask("mask", mask, (height, width))
         flow = drags_to_flow(
             drag_list, height, width, mask=mask, smoothness=smoothness, pinned_border_points=8 if pin_borders else 0
         )

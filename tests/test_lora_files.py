@@ -55,7 +55,7 @@ def test_bad_state_dicts_are_refused():
         lora_from_peft_state_dict({"w": torch.zeros(1)}, 1.0, "flux")
     state = peft_state()
     del state["transformer_blocks.0.attn.to_q.lora_B.weight"]
-    with pytest.raises(ValueError, match="up \(B\) weight is missing"):
+    with pytest.raises(ValueError, match=r"up \(B\) weight is missing"):
         lora_from_peft_state_dict(state, 1.0, "flux")
     with pytest.raises(ValueError, match="base"):
         lora_from_peft_state_dict(peft_state(), 1.0, "sdxl")

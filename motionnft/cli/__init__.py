@@ -40,10 +40,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_outputs(args) -> None:
+    """Refuse, before any work, the outputs a command declares (``set_defaults(output_files=...,
+    output_folders=..., input_files=...)``, as argument names; ``positionals`` names those given without a flag) that cannot be written: a file
+    where a folder is expected or the reverse, a path under a file, a link to nowhere, an output
+    file that is one of the inputs. The message names the option and the path given."""
+    from ..files import check_not_an_input, check_output_file, check_output_folder
+
+    inputs = [value for name in getattr(args, "input_files", ()) for value in _as_list(getattr(args, name, None))]
+    for name, check in [(n, check_output_file) for n in getattr(args, "output_files", ())] + \
+                       [(n, check_output_folder) for n in getattr(args, "output_folders", ())]:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        option = name.upper() if name in getattr(args, "positionals", ()) else "--" + name.replace("_", "-")
+        try:
+            check(value)
+        except OSError as error:
+            raise type(error)(f"{option} {error}") from None
+        if check is check_output_file:
+            check_not_an_input(value, inputs, option)
+
+
+def _show_warnings_as(prefix: str) -> None:
+    """Library warnings (a truncated video, ...) as one line each, like the errors."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prefix}: warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _show_warnings_as(f"motionnft {args.command}")
     try:
+        check_outputs(args)
         return args.handler(args)
     except (OSError, ValueError, IndexError) as error:  # OSError: every file the user named (exists, folder, rights)
         print(f"motionnft {args.command}: error: {error}", file=sys.stderr)

@@ -25,7 +25,7 @@ def add_data(commands) -> None:
     synthetic.add_argument("--out", type=Path, required=True, help="dataset folder (created; a rerun resumes it)")
     synthetic.add_argument("--size", type=int, default=None, help="image size in pixels (default: the tiny preset's resolution)")
     synthetic.add_argument("--quiet", action="store_true", help="no progress bar")
-    synthetic.set_defaults(handler=command_data)
+    synthetic.set_defaults(handler=command_data, output_folders=("out",))
 
 
 def command_data(args) -> int:

@@ -43,7 +43,7 @@ def add_edit(commands) -> None:
     edit.add_argument("--out", required=True, type=Path, help="folder of the edits (created; a rerun resumes it)")
     edit.add_argument("--limit", type=int, default=None, help="edit only the first N samples")
     edit.add_argument("--quiet", action="store_true", help="no progress bar")
-    edit.set_defaults(handler=command_edit)
+    edit.set_defaults(handler=command_edit, output_folders=("out",))
 
 
 def _sampling_arguments(edit) -> None:

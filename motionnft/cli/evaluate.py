@@ -31,7 +31,7 @@ def add_eval(commands) -> None:
     flow_arguments(evaluation)
     reward_arguments(evaluation)
     judge_arguments(evaluation, cache=True)
-    evaluation.set_defaults(handler=command_eval)
+    evaluation.set_defaults(handler=command_eval, output_folders=("out",))
 
 
 def add_judge(commands) -> None:

@@ -17,7 +17,7 @@ def add_flow(commands) -> None:
     flow.add_argument("--viz", type=Path, default=None, help="also write the colour-coded flow (PNG)")
     flow.add_argument("--legend", action="store_true", help="inset the colour-wheel legend into --viz")
     flow_arguments(flow)
-    flow.set_defaults(handler=command_flow)
+    flow.set_defaults(handler=command_flow, output_files=("out", "viz"), input_files=("image_a", "image_b"))
 
 
 def add_backends(commands) -> None:

@@ -22,6 +22,7 @@ def add_lora(commands) -> None:
         sub.set_defaults(handler=command_lora)
     info.add_argument("--json", action="store_true", help="print JSON")
     convert.add_argument("out", type=Path, help="output .safetensors file")
+    convert.set_defaults(output_files=("out",), input_files=("path",), positionals=("out", "path"))
 
 
 def command_lora(args) -> int:

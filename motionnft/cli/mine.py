@@ -24,7 +24,8 @@ def add_mine(commands) -> None:
     flow_arguments(mine)
     mining_arguments(mine)
     judge_arguments(mine, cache=True)
-    mine.set_defaults(handler=command_mine)
+    mine.set_defaults(handler=command_mine, output_folders=("out",), output_files=("contact_sheet",),
+                      input_files=("videos",))
 
 
 def mining_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ def add_reward(commands) -> None:
     reward.add_argument("--breakdown", type=Path, default=None, help="write the reward-breakdown figure (PNG)")
     flow_arguments(reward)
     reward_arguments(reward)
-    reward.set_defaults(handler=command_reward)
+    reward.set_defaults(handler=command_reward, output_files=("breakdown",), input_files=("input", "edited", "target"))
 
 
 def add_demo(commands) -> None:
@@ -27,7 +27,7 @@ def add_demo(commands) -> None:
     demo.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
     flow_arguments(demo)
     reward_arguments(demo)
-    demo.set_defaults(handler=command_demo)
+    demo.set_defaults(handler=command_demo, output_folders=("out",))
 
 
 def print_reward(record: dict, constants: dict, file=None) -> None:

@@ -26,7 +26,7 @@ def add_train(commands) -> None:
     train.add_argument("--resume", default="auto",
                        help="'auto' (default: continue from OUTPUT_DIR's latest checkpoint), a checkpoint or run folder, or 'none'")
     train.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
-    train.set_defaults(handler=command_train)
+    train.set_defaults(handler=command_train, output_folders=("output_dir",))
 
 
 def command_train(args) -> int:

@@ -29,7 +29,17 @@ _REGISTERED: list[FolderSource] = []
 
 
 class WeightsNotFoundError(FileNotFoundError):
-    """No weight file for a learned flow backend; the message says where to put one."""
+    """No weight file for a learned flow backend; the message says where to put one, and ``hint``
+    how the caller passes a path (a caller with other names for it uses :meth:`with_hint`)."""
+
+    HINT = "--weights PATH on the command line, weights= in Python"
+
+    def __init__(self, message: str, hint: str = HINT):
+        super().__init__(f"{message}or pass its path ({hint}).")
+        self.message_start = message
+
+    def with_hint(self, hint: str) -> "WeightsNotFoundError":
+        return WeightsNotFoundError(self.message_start, hint)
 
 
 def add_weight_folders(*sources: FolderSource) -> None:
@@ -123,7 +133,6 @@ def find_weights(
         f"Folders searched:\n{searched or '  (none)'}\n"
         f"Expected file names (any one):\n{names}\n"
         f"Put one of them in ComfyUI's models/optical_flow folder, in a folder listed in ${WEIGHTS_ENV}, "
-        "or pass its path (--weights PATH on the command line, weights= in Python)."
     )
 
 

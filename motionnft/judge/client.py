@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -14,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from .cache import JudgeCache
-from .errors import JudgeAnswerError, JudgeResponseError
+from .errors import JudgeAnswerError, JudgeError, JudgeResponseError
 from .parsing import answer_text, check_digit_mass, clean_instruction, first_choice, rating_from_answer
 from .prompts import (
     BENCHMARK_METRICS,
@@ -112,6 +113,7 @@ class JudgeClient(JudgeTransport):
         self.max_image_side = max_image_side
         self.request_options = dict(request_options or {})
         self._model_lock = threading.Lock()
+        self._model_failure: tuple[JudgeError, float] | None = None
 
     def __repr__(self) -> str:
         return f"JudgeClient({self.base_url!r}, model={self.model!r})"
@@ -131,10 +133,20 @@ class JudgeClient(JudgeTransport):
         return [str(item.get("id")) for item in data if isinstance(item, dict) and item.get("id")]
 
     def resolve_model(self) -> str:
-        """The model name, asking the server when it was left empty."""
+        """The model name, asking the server when it was left empty.
+
+        Requests waiting for the answer share it, failure included: one unreachable server costs
+        one timeout (and its retries), not one per request in flight."""
+        asked = time.monotonic()
         with self._model_lock:
+            if not self.model and self._model_failure is not None and self._model_failure[1] >= asked:
+                raise self._model_failure[0]
             if not self.model:
-                models = self.list_models()
+                try:
+                    models = self.list_models()
+                except JudgeError as error:
+                    self._model_failure = (error, time.monotonic())
+                    raise
                 if len(models) != 1:
                     listing = ", ".join(models) if models else "none"
                     raise ValueError(

@@ -31,6 +31,16 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     return tensors, metadata
 
 
+def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinite values (a diverged run): applied, they turn every
+    output into NaN. ValueError naming ``path``, how many tensors, and the first few."""
+    bad = [key for key, value in tensors.items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {', '.join(sorted(bad)[:3])}"
+                         " (a diverged training run?); refusing to use them")
+
+
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if path.suffix.lower() in (".safetensors", ".sft"):
         return read_safetensors(path)
@@ -110,6 +120,7 @@ def load_lora(path: str | Path, *, alpha: float | None = None, base: str | None 
     """
     weights_path, config_path = find_lora_file(path)
     tensors, metadata = _read_weights(weights_path)
+    check_finite(tensors, weights_path)
     default_alpha = alpha_pattern = None
     source = "adapter_config.json"
     if config_path is not None:

@@ -51,6 +51,7 @@ class MiningSummary:
     candidates: int = 0
     kept: int = 0
     existing: int = 0
+    missing_images: int = 0  #: pairs of the dataset whose image files were gone on resume (made again)
     rejected: int = 0
     reasons: Counter = field(default_factory=Counter)
     analysed_frames: int = 0
@@ -69,7 +70,7 @@ class MiningSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {"candidates": self.candidates, "kept": self.kept, "existing": self.existing,
-                "rejected": self.rejected, "reasons": dict(self.reasons.most_common()),
+                "missing_images": self.missing_images, "rejected": self.rejected, "reasons": dict(self.reasons.most_common()),
                 "analysed_frames": self.analysed_frames, "video_seconds": round(self.video_seconds, 3),
                 "seconds": round(self.seconds, 3)}
 
@@ -77,6 +78,9 @@ class MiningSummary:
         lines = [f"candidate pairs: {self.candidates}; kept: {self.kept}"
                  + (f" (+{self.existing} already in the dataset)" if self.existing else "")
                  + f"; rejected: {self.rejected}"]
+        if self.missing_images:
+            lines.append(f"{self.missing_images} pair(s) of the dataset had lost their image files: "
+                         "dropped from metadata.jsonl and mined again")
         if self.reasons:
             lines.append("rejected by reason (a pair may fail several checks):")
             lines += [f"  {reason:<24}{count}" for reason, count in self.reasons.most_common()]

@@ -47,6 +47,7 @@ def mine(
         if writer is not None:
             writer.__enter__()
             log = RejectionLog(out)
+            summary.missing_images = len(writer.missing_images)
             if len(writer):
                 miner.existing = {sample.id: sample for sample in open_dataset(out)}
         for index, source in enumerate(sources):

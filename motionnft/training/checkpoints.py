@@ -114,6 +114,10 @@ class Checkpoints:
                 f"unpickling could use to run code ({first}). A {self.state_file} this version of motionnft wrote "
                 "holds none: the file comes from elsewhere or from an older version (numpy RNG state as an "
                 "array); start over (--resume none) or use a checkpoint you wrote") from None
+        except Exception as error:  # noqa: BLE001 - text, truncated or another format: the unpickler raises anything
+            raise ValueError(f"{state_file}: not a trainer state torch.save wrote ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else 'no detail'}); start over (--resume none) "
+                             "or resume from another checkpoint") from None
         if not isinstance(state, dict) or not required <= set(state):
             raise ValueError(f"{state_file} is not {what}")
         return state

@@ -75,7 +75,7 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------
     def _build(self, model=None) -> None:
-        from ..flow import create_estimator
+        from ..flow import WeightsNotFoundError, create_estimator
         from ..models import build_from_config
         from ..models.configured import load_base_weights
         from ..reward import MotionRewardConfig
@@ -108,12 +108,16 @@ class Trainer:
         self.committed_cursor = self.cursor.state()  # what a checkpoint saves until a step completes
         self.epoch_snapshot = None  # (policy weights, optimiser state) at the start of a multi-step epoch
         self.cache = PromptCache(config.prompt_cache_size)
-        self.estimator = create_estimator(
-            config.flow_backend, config.flow_preset or None, weights=config.flow_weights or None,
-            precision=config.flow_precision or None,
-            # A learned flow network runs where the policy does; the OpenCV backends ignore it.
-            device=self.accelerator.device,
-        )
+        try:
+            self.estimator = create_estimator(
+                config.flow_backend, config.flow_preset or None, weights=config.flow_weights or None,
+                precision=config.flow_precision or None,
+                # A learned flow network runs where the policy does; the OpenCV backends ignore it.
+                device=self.accelerator.device,
+            )
+        except WeightsNotFoundError as error:
+            raise error.with_hint("the setting flow_weights: --set flow_weights=PATH, or flow_weights in a "
+                                  "--config file") from None
         self.reward_config = MotionRewardConfig(variant=config.reward_variant)
         self.size = (config.resolution, config.resolution)
         self.sigmas = self.model.sigmas(config.sampling_steps, self.size)

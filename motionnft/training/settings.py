@@ -157,8 +157,11 @@ class TrainConfig:
         need(self.sampler in SAMPLERS, f"sampler {self.sampler!r}: expected one of {', '.join(SAMPLERS)}")
         need(self.mixed_precision in ("bf16", "no"), f"mixed_precision {self.mixed_precision!r}: expected bf16 or no")
         for name in ("prompts_per_epoch", "rollouts_per_prompt", "sampling_steps", "rollout_batch_size",
-                     "train_batch_size", "max_steps", "lora_rank", "optimizer_steps_per_epoch", "resolution"):
+                     "train_batch_size", "max_steps", "lora_rank", "optimizer_steps_per_epoch"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.resolution >= 32 and self.resolution % 16 == 0,
+             f"resolution must be a multiple of 16 and at least 32 (pixels; the models' latent patches), "
+             f"got {self.resolution}")
         need(self.rollouts_per_prompt >= 2, "rollouts_per_prompt must be >= 2 (advantages compare rollouts)")
         need(self.heldout_samples >= 1 and self.heldout_rollouts >= 1,
              f"heldout_samples and heldout_rollouts must be >= 1, got {self.heldout_samples}, {self.heldout_rollouts}")

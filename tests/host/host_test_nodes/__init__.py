@@ -45,3 +45,39 @@ class SaveModelWeights:
 
 
 NODE_CLASS_MAPPINGS = {"HostTest_SaveModelWeights": SaveModelWeights}
+
+
+class BadTensor:
+    """An IMAGE, MASK or MOTIONNFT_FLOW that no well-behaved node makes: what the pack's nodes must
+    refuse with a clear error (``kind``: empty, nan, inf, one_channel, four_channel, zero_size)."""
+
+    KINDS = ("empty", "nan", "inf", "one_channel", "four_channel", "zero_size", "good")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"kind": (list(cls.KINDS),)}}
+
+    RETURN_TYPES = ("IMAGE", "MASK", "MOTIONNFT_FLOW")
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, kind):
+        import torch
+
+        height, width = 48, 64
+        image, mask, flow = torch.rand(1, height, width, 3), torch.ones(1, height, width), torch.zeros(1, 2, height, width)
+        if kind == "empty":
+            image, mask, flow = image[:0], mask[:0], flow[:0]
+        elif kind in ("nan", "inf"):
+            value = float(kind)
+            image[0, 5, 5, 1], mask[0, 5, 5], flow[0, 1, 5, 5] = value, value, value
+        elif kind == "one_channel":
+            image, flow = image[..., :1], flow[:, :1]
+        elif kind == "four_channel":
+            image, flow = torch.cat([image, image[..., :1]], dim=-1), torch.cat([flow, flow], dim=1)
+        elif kind == "zero_size":
+            image, mask, flow = image[:, :0, :0], mask[:, :0, :0], flow[:, :, :0, :0]
+        return image, mask, flow
+
+
+NODE_CLASS_MAPPINGS["HostTest_BadTensor"] = BadTensor
