@@ -233,3 +233,29 @@ def test_atomically_written_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_flow_files_of_other_tools_read_as_the_same_flow(tmp_path):
+    from motionnft.flow import read_flow_file, write_flo
+
+    flow = torch.randn(2, 5, 7) * 3
+    write_flo(tmp_path / "f.flo", flow)
+    np.save(tmp_path / "hw2.npy", flow.permute(1, 2, 0).numpy())  # OpenCV / RAFT demo layout
+    np.save(tmp_path / "chw.npy", flow.numpy())
+    np.save(tmp_path / "batched.npy", flow.permute(1, 2, 0)[None].numpy())
+    np.savez(tmp_path / "named.npz", flow=flow.numpy(), other=np.zeros(3))
+    for name in ("f.flo", "hw2.npy", "chw.npy", "batched.npy", "named.npz"):
+        assert torch.equal(read_flow_file(tmp_path / name), flow), name
+
+
+def test_a_flow_file_of_the_wrong_shape_or_kind_is_refused_naming_it(tmp_path):
+    from motionnft.flow import read_flow_file
+
+    np.save(tmp_path / "rgb.npy", np.zeros((5, 7, 3)))
+    with pytest.raises(ValueError, match=r"rgb.npy: expected a flow array .*got shape \(5, 7, 3\)"):
+        read_flow_file(tmp_path / "rgb.npy")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="objects.npy: not a readable NumPy file"):
+        read_flow_file(tmp_path / "objects.npy")
+    with pytest.raises(ValueError, match=r"flow.png: expected a flow file \(.flo, .npy, .npz\)"):
+        read_flow_file(tmp_path / "flow.png")

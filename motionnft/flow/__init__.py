@@ -24,7 +24,7 @@ from .base import (
     prepare_image_pair,
     register_backend,
 )
-from .flo import read_flo, valid_flow_mask, write_flo
+from .flo import FLOW_FILE_SUFFIXES, read_flo, read_flow_file, valid_flow_mask, write_flo
 from .opencv import DISFlow, FarnebackFlow
 from .raft import RAFT, RAFTFlow, convert_original_raft_state_dict
 from .unimatch import GMFlow, GMFlowConfig, GMFlowSettings, UniMatchFlow
@@ -62,7 +62,9 @@ __all__ = [
     "get_backend",
     "pixel_grid",
     "prepare_image_pair",
+    "FLOW_FILE_SUFFIXES",
     "read_flo",
+    "read_flow_file",
     "register_backend",
     "resize_flow",
     "splat_forward",

@@ -61,6 +61,49 @@ def write_flo(path: str | os.PathLike, flow: torch.Tensor) -> Path:
     return path
 
 
+FLOW_FILE_SUFFIXES = (".flo", ".npy", ".npz")
+
+
+def read_flow_file(path: str | os.PathLike) -> torch.Tensor:
+    """A flow file as a ``(2, H, W)`` float32 tensor in pixels: Middlebury ``.flo``, or NumPy
+    ``.npy`` / ``.npz`` as other tools write them: ``(H, W, 2)`` (OpenCV, RAFT's demo,
+    comfyui_controlnet_aux), ``(2, H, W)`` (torch), either with a leading batch of one. An
+    ``.npz`` holds one array, or several with one named ``flow``.
+
+    Raises:
+        FileNotFoundError; ValueError naming the file and the shape found when it is not a flow.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".flo":
+        return read_flo(path)
+    if suffix not in FLOW_FILE_SUFFIXES:
+        raise ValueError(f"{path}: expected a flow file ({', '.join(FLOW_FILE_SUFFIXES)}), got {suffix or 'no extension'}")
+    if not path.is_file():
+        raise FileNotFoundError(f"flow file not found: {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)  # a pickled object array could run code
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{path}: not a readable NumPy file ({error})") from None
+    if suffix == ".npz":
+        with loaded:
+            names = list(loaded.files)
+            if "flow" not in names and len(names) != 1:
+                raise ValueError(f"{path}: holds arrays {names}; expected one array, or one named 'flow'")
+            loaded = loaded["flow" if "flow" in names else names[0]]
+    array = np.asarray(loaded)
+    while array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3 or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{path}: expected a flow array (H, W, 2) or (2, H, W), got shape {array.shape} "
+                         f"of {array.dtype}")
+    if array.shape[-1] == 2 and array.shape[0] != 2:
+        array = array.transpose(2, 0, 1)
+    elif array.shape[0] != 2:  # (2, H, 2), ambiguous only for 2-pixel-wide flows, is read as (2, H, W)
+        raise ValueError(f"{path}: expected a flow array (H, W, 2) or (2, H, W), got shape {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
 def valid_flow_mask(flow: torch.Tensor) -> torch.Tensor:
     """True where a flow ``(..., 2, H, W)`` is known: finite and within the unknown threshold."""
     finite = torch.isfinite(flow).all(dim=-3)
