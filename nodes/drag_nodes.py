@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..motionnft.drag import drags_to_flow, parse_drags
+from ..motionnft.drag.spline import drags_to_flow, parse_drags
 from .common import CATEGORY, Flow, check_mask, image_to_bchw
 
 DRAG_EDITOR_HELP = (
