@@ -230,8 +230,9 @@ class DatasetWriter:
         return self
 
     def _images_present(self, record: dict) -> bool:
-        return all(isinstance(record.get(key), str) and (self.root / record[key]).is_file()
-                   for key in ("input_image", "target_image"))
+        """The record's files are all there (images, and the flow and mask it names)."""
+        named = ("input_image", "target_image") + tuple(k for k in ("flow", "mask") if k in record)
+        return all(isinstance(record.get(key), str) and (self.root / record[key]).is_file() for key in named)
 
     def _rewrite(self, records: list[dict]) -> None:
         """Replace metadata.jsonl by ``records`` (atomically), then hold the new file as the old."""
@@ -280,8 +281,14 @@ class DatasetWriter:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def add(self, sample_id: str, prompt: str, input_image: torch.Tensor, target_image: torch.Tensor, **fields) -> None:
-        """Write one sample: images ``(3, H, W)``/``(1, 3, H, W)`` in [0, 1]; ``fields`` are JSON-able."""
+    def add(self, sample_id: str, prompt: str, input_image: torch.Tensor, target_image: torch.Tensor,
+            flow: torch.Tensor | None = None, mask: torch.Tensor | None = None, **fields) -> None:
+        """Write one sample: images ``(3, H, W)``/``(1, 3, H, W)`` in [0, 1]; ``fields`` are JSON-able.
+
+        ``flow`` ``(2, H, W)`` pixels (input -> target, the input's size) is written as
+        ``images/<id>_flow.flo`` and ``mask`` ``(H, W)`` / ``(1, H, W)`` in [0, 1] (1 = moving) as
+        ``images/<id>_mask.png``; the record names them (``flow``, ``mask``).
+        """
         if self._handle is None:
             raise RuntimeError("DatasetWriter.add outside its 'with' block")
         if sample_id in self._ids:
@@ -296,6 +303,15 @@ class DatasetWriter:
         save_image(target_image, self.root / relative_target)
         record = {"id": sample_id, "prompt": prompt, "input_image": relative_input,
                   "target_image": relative_target, **fields}
+        if flow is not None:
+            from .flow.flo import write_flo
+
+            record["flow"] = f"{IMAGES_DIR}/{sample_id}_flow.flo"
+            write_flo(self.root / record["flow"], flow)
+        if mask is not None:
+            record["mask"] = f"{IMAGES_DIR}/{sample_id}_mask.png"
+            plane = mask.reshape(1, 1, *mask.shape[-2:]).float()
+            save_image(plane.expand(-1, 3, -1, -1), self.root / record["mask"])
         self._handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
         self._handle.flush()
         os.fsync(self._handle.fileno())

@@ -84,3 +84,28 @@ def test_a_judge_server_drafts_the_prompts(videos, tmp_path, monkeypatch, capsys
     assert code == 0 and made == [("http://127.0.0.1:9/v1", "qwen")]
     assert "judge http://127.0.0.1:9/v1" in capsys.readouterr().out
     assert open_dataset(tmp_path / "ds")[0].prompt == "Make the figure walk right."
+
+
+def test_save_flow_writes_each_pairs_flow_and_moving_region_close_to_the_true_motion(videos, tmp_path, capsys):
+    from mining_clips import clip
+
+    from motionnft.flow import read_flo
+    from motionnft.guidance.targets import edit_region
+
+    out = tmp_path / "ds"
+    assert main(["mine", str(videos["subject"]), "--out", str(out), "--save-flow"]) == 0
+    capsys.readouterr()
+    (sample,) = open_dataset(out)
+    flow = read_flo(out / sample.extra["flow"])
+    mask = load_image(out / sample.extra["mask"])[0, 0] > 0.5
+    source = sample.extra["source"]
+    truth = clip("subject").flow(source["time_input"], source["time_target"])
+    assert flow.shape == truth.shape and mask.shape == truth.shape[-2:]
+    moving = truth.norm(dim=0) > 0.5
+    error = (flow - truth).norm(dim=0)
+    assert error[moving].mean() < 0.4 * truth.norm(dim=0)[moving].mean()  # the subject's motion, measured
+    background = edit_region(truth[None], margin=6)[0, 0] < 0.5  # neither the subject nor where it lands
+    motion = truth.norm(dim=0)[moving].mean()
+    assert error[background].mean() < 0.05 * motion  # the still background stays still (to DIS's noise)
+    assert (mask & moving).sum() > 0.85 * moving.sum()  # the mask holds the moving subject
+    assert (mask & moving).sum() > 0.5 * mask.sum()  # and mostly it

@@ -38,6 +38,9 @@ class MiningConfig:
                                  low=0.0, exclusive_low=True)
     analysis_size: int = _setting(384, "long side in pixels of the frames the filters analyse (never upscaled)", low=32)
     output_max_side: int = _setting(0, "long side in pixels of the saved pairs; 0 = the video's own size", low=0)
+    save_flow: bool = _setting(False, "also save each kept pair's flow (images/<id>_flow.flo, input -> target in "
+                               "pixels of the saved input) and moving region (images/<id>_mask.png, white = moving): "
+                               "training data for FlowGen and FlowDiffusion (motionnft train-drag)")
     backend: str = _setting("dis", "optical-flow backend (see motionnft.flow.available_backends())")
     preset: str | None = _setting(None, "flow backend preset (default: the backend's default)")
     weights: str | None = _setting(None, "weight file of a learned flow backend: a path or a file name in the weight "

@@ -8,13 +8,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ..flow import FlowEstimator, chain_flows, create_estimator
+from ..flow import FlowEstimator, chain_flows, create_estimator, resize_flow
 from ..video import VideoFrame, frame_to_tensor
 from .checks import ask_judge, check_judge, failed_checks
 from .config import MiningConfig
 from .dataset import sample_fields
-from .filters import unexplained_fraction
+from .filters import occlusion_mask, unexplained_fraction
 from .frames import AnalysedFrame, analyse_frame, duplicate_distance, fit_size, resize
 from .metrics import METRIC_DIGITS, motion_picture, pair_metrics
 from .results import PairResult
@@ -167,10 +168,11 @@ class PairMiner:
         if writer is not None and sample_id in writer:
             result = self._existing_result(common)
         else:
-            result, picture = self._judge_pair(common, samples, input_image, target_image)
+            result, picture, flows = self._judge_pair(common, samples, input_image, target_image)
             if result.kept and writer is not None:
+                files = pair_flow_files(*flows, output_size, self.config) if self.config.save_flow else {}
                 writer.add(sample_id, result.prompt, frame_to_tensor(input_image), frame_to_tensor(target_image),
-                           **sample_fields(source, first, last, result.metrics, self.config, result.judge))
+                           **files, **sample_fields(source, first, last, result.metrics, self.config, result.judge))
         if result.kept:
             self._kept_thumbnails.append((first.thumbnail, last.thumbnail))
             if keep_images:
@@ -188,8 +190,9 @@ class PairMiner:
                           judge=record.extra.get("judge") if record else None)
 
     def _judge_pair(self, common: dict[str, Any], samples: list[AnalysedFrame], input_image: np.ndarray,
-                    target_image: np.ndarray) -> tuple[PairResult, np.ndarray | None]:
-        """The verdict on a new pair (metrics, checks, then the judge) and, with previews, its motion picture."""
+                    target_image: np.ndarray) -> tuple[PairResult, np.ndarray | None, tuple[torch.Tensor, torch.Tensor]]:
+        """The verdict on a new pair (metrics, checks, then the judge), with previews its motion picture,
+        and its flows at the analysis size (first -> last, and what is left once the camera's is removed)."""
         config = self.config
         first, last = samples[0], samples[-1]
         forward, backward = self._window_flows(samples)
@@ -202,7 +205,33 @@ class PairMiner:
             scores, prompt, failed = ask_judge(self.judge, input_image, target_image, config.judge_min_score)
         result = PairResult(**common, metrics=metrics, reasons=[code for code, _ in failed],
                             details=[detail for _, detail in failed], kept=not failed, prompt=prompt, judge=scores)
-        return result, motion_picture(residual, config.min_motion) if self.previews else None
+        return result, motion_picture(residual, config.min_motion) if self.previews else None, (forward, backward, residual)
+
+
+def pair_flow_files(forward: torch.Tensor, backward: torch.Tensor, residual: torch.Tensor,
+                    output_size: tuple[int, int], config: MiningConfig) -> dict[str, torch.Tensor]:
+    """A kept pair's flow and moving region at the saved images' size, for ``DatasetWriter.add``.
+
+    Args:
+        forward: ``(1, 2, h, w)`` pixels at the analysis size, first -> last frame.
+        backward: ``(1, 2, h, w)`` pixels, last -> first frame.
+        residual: ``(1, 2, h, w)`` pixels, ``forward`` less the camera's motion.
+        output_size: ``(H, W)`` of the saved images.
+    Returns:
+        ``{"flow": (2, H, W) pixels, "mask": (H, W) in {0, 1}}``: a pixel moves where its
+        residual exceeds ``moving_threshold`` of the diagonal (the metrics' rule) and a fifth of
+        the subject's motion (the 99th percentile), and it passes the forward-backward check:
+        flow noise in flat background, a pixel or two, and background the subject covers (whose
+        flow is undefined) stay out of the mask of a subject that moved tens of pixels.
+    """
+    flow = resize_flow(forward.float(), tuple(output_size))[0]
+    length = residual.float().norm(dim=1, keepdim=True)
+    threshold = max(config.moving_threshold * math.hypot(*residual.shape[-2:]), 0.2 * float(length.quantile(0.99)))
+    tolerance = config.flow_tolerance * math.hypot(*residual.shape[-2:])
+    visible = torch.from_numpy(~occlusion_mask(forward, backward, tolerance)).reshape(length.shape)
+    moving = (length > threshold) & visible
+    mask = F.interpolate(moving.float(), size=tuple(output_size), mode="nearest")[0, 0]
+    return {"flow": flow, "mask": mask}
 
 
 def _to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
