@@ -1,0 +1,157 @@
+"""Load the official TPSMM checkpoints (``vox.pth.tar``, ``taichi.pth.tar``, ``ted.pth.tar``,
+``mgif.pth.tar``) or their safetensors conversion.
+
+Licence: the TPSMM code and its released checkpoints are MIT-licensed (Copyright (c) 2021
+yoyo-nb, github.com/yoyo-nb/Thin-Plate-Spline-Motion-Model); keep that notice with any
+weights you redistribute. The checkpoints were trained on VoxCeleb, TaiChiHD, TED-talks and
+MGif; those datasets carry their own terms.
+
+An official ``.pth.tar`` is a pickled dict: one state dict per network (see
+:data:`.model.NETWORKS`), the optimisers' state dicts and the epoch, all plain containers,
+numbers and tensors, so ``torch.load(weights_only=True)`` reads it and nothing else is
+unpickled. Should a copy hold anything that loader refuses, ``tools/convert_tpsmm.py`` (run
+once, by the user, on a file they trust) rewrites the networks to safetensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import PRESETS, AVDConfig, DenseMotionConfig, InpaintingConfig, TPSMMConfig
+from .model import NETWORKS, TPSMM
+
+logger = logging.getLogger(__name__)
+
+LICENCE = "MIT (Copyright (c) 2021 yoyo-nb, github.com/yoyo-nb/Thin-Plate-Spline-Motion-Model)"
+
+
+def read_official_state_dicts(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Network name -> state dict, from an official ``.pth.tar`` or a converted ``.safetensors``.
+
+    Only the networks are kept (optimiser states and the epoch are dropped). Tensors are
+    loaded on the CPU.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"TPSMM checkpoint not found: looked for the file {path.resolve()}")
+    if path.suffix == ".safetensors":
+        flat = load_file(str(path))
+        networks: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in flat.items():
+            name, _, rest = key.partition(".")
+            networks.setdefault(name, {})[rest] = value
+    else:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError) as error:
+            raise ValueError(f"{path}: torch.load(weights_only=True) refused this file ({error}). If you trust it, "
+                             f"convert it once with `python tools/convert_tpsmm.py {path}` and load the .safetensors "
+                             "it writes.") from None
+        if not isinstance(payload, dict):
+            raise ValueError(f"{path}: expected a dict of state dicts, got {type(payload).__name__}")
+        networks = {name: dict(payload[name]) for name in NETWORKS if isinstance(payload.get(name), dict)}
+    for name in networks:
+        networks[name] = {key.removeprefix("module."): value for key, value in networks[name].items()}
+    missing = [name for name in ("kp_detector", "dense_motion_network", "inpainting_network") if name not in networks]
+    if missing:
+        raise ValueError(f"{path}: not a TPSMM checkpoint, no {', '.join(missing)} (found: {sorted(networks) or 'none'})")
+    return networks
+
+
+def _count(state: dict[str, torch.Tensor], prefix: str, suffix: str) -> int:
+    index = 0
+    while f"{prefix}{index}{suffix}" in state:
+        index += 1
+    return index
+
+
+def infer_config(networks: dict[str, dict[str, torch.Tensor]], frame_size: int = 256) -> TPSMMConfig:
+    """The :class:`.config.TPSMMConfig` whose networks have these state dicts' shapes.
+
+    ``kp_variance`` is not stored and keeps the official 0.01; ``frame_size`` is the caller's.
+    """
+    kp, motion, generator = networks["kp_detector"], networks["dense_motion_network"], networks["inpainting_network"]
+    down_blocks = _count(generator, "down_blocks.", ".conv.weight")
+    hourglass_blocks = _count(motion, "hourglass.encoder.down_blocks.", ".conv.weight")
+    masks = _count(motion, "occlusion.", ".weight")
+    ups = _count(motion, "up.", ".conv.weight")
+    if masks > 1:
+        scale = 0.5**ups
+    elif "down.weight" in motion:  # kernel size 2·round(4σ)+1 with σ = (1/scale - 1)/2
+        scale = 1 / (2 * (motion["down.weight"].shape[-1] - 1) / 8 + 1)
+    else:
+        scale = 1.0
+    avd = networks.get("avd_network")
+    return TPSMMConfig(
+        num_tps=kp["fg_encoder.fc.weight"].shape[0] // 10,
+        num_channels=kp["fg_encoder.conv1.weight"].shape[1],
+        bg="bg_predictor" in networks,
+        multi_mask=masks > 1,
+        generator=InpaintingConfig(
+            block_expansion=generator["first.conv.weight"].shape[0],
+            max_features=max(generator[f"down_blocks.{i}.conv.weight"].shape[0] for i in range(down_blocks)),
+            num_down_blocks=down_blocks),
+        dense_motion=DenseMotionConfig(
+            block_expansion=motion[f"hourglass.decoder.up_blocks.{hourglass_blocks - 1}.conv.weight"].shape[0],
+            max_features=max(motion[f"hourglass.encoder.down_blocks.{i}.conv.weight"].shape[0]
+                             for i in range(hourglass_blocks)),
+            num_blocks=hourglass_blocks, scale_factor=scale),
+        avd=AVDConfig(avd["id_encoder.9.weight"].shape[0], avd["pose_encoder.9.weight"].shape[0]) if avd else AVDConfig(),
+        frame_size=frame_size,
+    )
+
+
+def load_networks(model: TPSMM, networks: dict[str, dict[str, torch.Tensor]], source: str = "weights") -> None:
+    """Load each network's state dict strictly; one error lists every missing / unexpected key."""
+    problems = []
+    for name in NETWORKS:
+        module = getattr(model, name)
+        if module is None:
+            continue
+        if name not in networks:
+            problems.append(f"{name}: absent from {source}")
+            continue
+        try:
+            result = module.load_state_dict(networks[name], strict=False)
+        except RuntimeError as error:  # shape mismatches raise even when not strict
+            problems.append(f"{name}: {error}".replace("\n", " "))
+            continue
+        if result.missing_keys or result.unexpected_keys:
+            problems.append(f"{name}: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
+    if problems:
+        raise ValueError(f"{source} do not fit this TPSMM model:\n  " + "\n  ".join(problems))
+
+
+def load_official_checkpoint(path: str | Path, config: TPSMMConfig | None = None, with_avd: bool | None = None,
+                             device: str | torch.device = "cpu") -> TPSMM:
+    """Build a :class:`.model.TPSMM` in eval mode from an official or converted checkpoint.
+
+    Args:
+        path: ``vox.pth.tar`` etc. (read with ``weights_only=True``) or its ``.safetensors``.
+        config: the architecture; by default inferred from the weights' shapes, with the
+            frame size of the preset the file is named after (``ted*`` -> 384, else 256).
+        with_avd: load the AVD network; by default when the file has one.
+    Every key must match: no missing and no unexpected ones.
+    """
+    networks = read_official_state_dicts(path)
+    if config is None:
+        stem = Path(path).name.split(".")[0].lower()
+        preset = next((PRESETS[name]() for name in ("vox", "taichi", "ted", "mgif") if stem.startswith(name)), None)
+        config = infer_config(networks, preset.frame_size if preset else 256)
+    with_avd = "avd_network" in networks if with_avd is None else with_avd
+    model = TPSMM(config, with_avd=with_avd)
+    load_networks(model, networks, source=str(path))
+    logger.info("loaded TPSMM weights %s; licence: %s", path, LICENCE)
+    return model.to(device).eval()
+
+
+def save_converted(networks: dict[str, dict[str, torch.Tensor]], path: str | Path) -> None:
+    """Write network state dicts as one safetensors file with flat ``<network>.<key>`` names."""
+    flat = {f"{name}.{key}": value.detach().cpu().contiguous() for name, state in networks.items()
+            for key, value in state.items() if name in NETWORKS}
+    save_file(flat, str(path), metadata={"format": "tpsmm", "licence": LICENCE})
