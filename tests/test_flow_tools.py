@@ -259,3 +259,17 @@ def test_a_flow_file_of_the_wrong_shape_or_kind_is_refused_naming_it(tmp_path):
         read_flow_file(tmp_path / "objects.npy")
     with pytest.raises(ValueError, match=r"flow.png: expected a flow file \(.flo, .npy, .npz\)"):
         read_flow_file(tmp_path / "flow.png")
+
+
+def test_a_nan_flow_warps_to_the_padding_and_back_propagates_safely():
+    from motionnft.flow import warp_backward
+
+    image = torch.rand(2, 3, 16, 16, requires_grad=True)
+    flow = torch.zeros(2, 2, 16, 16)
+    flow[:, :, 4:8, 4:8] = float("nan")  # what a diverged model's flow holds
+    warped = warp_backward(image, flow, padding_mode="zeros")
+    assert torch.isfinite(warped).all()
+    assert (warped[:, :, 4:8, 4:8] == 0).all()  # sampled outside the image: the padding
+    assert torch.allclose(warped[:, :, 10:, 10:], image[:, :, 10:, 10:], atol=1e-4)  # the rest: identity
+    warped.sum().backward()  # grid_sample's CPU backward indexed out of bounds on NaN coordinates
+    assert torch.isfinite(image.grad).all()

@@ -307,6 +307,53 @@ WORKFLOWS += [
 
 WORKFLOWS.append(
     Workflow(
+        file="kontext_motion_guidance.json",
+        note=(
+            "Motion Guidance with FLUX.1 Kontext: drag points on the image to say where they should go, "
+            "and the sampler is steered so that the flow from the input to the result follows the drags.\n\n"
+            "Drag to Flow turns the drags into a dense target flow; Motion Guidance (a GUIDER for "
+            "SamplerCustomAdvanced) decodes the clean estimate at each guided step, measures its flow "
+            "from the input with a differentiable flow network and corrects the prediction (24 steps, "
+            "guidance from a quarter of the schedule to the end: 18 guided passes, where the paper "
+            "uses about 5,000). Flow Alignment then scores the result against the same target flow "
+            "(end-point error in the moved and static regions, reward, MAS, error map).\n\n"
+            + KONTEXT_FILES.split("- models/loras")[0]
+            + "- models/optical_flow/raft_large_C_T_SKHT_V2-ff5fadd5.pth (torchvision's RAFT-large; "
+            "or pick correlation on the guider for small images, no weights)."
+        ),
+        nodes=[
+            *kontext_nodes(),
+            Node(11, "MotionNFT_DragToFlow", (1200, 440), {
+                "drags": json.dumps({"size": [256, 256], "drags": [[150.0, 150.0, 190.0, 95.0]]}),
+                "smoothness": 0.0,
+            }, size=(360, 520)),
+            Node(12, "MotionNFT_MotionGuidance", (1600, 0), {"flow_network": "raft_large"}, size=(360, 520)),
+            Node(13, "RandomNoise", (1600, 560), {"noise_seed": 20251212}),
+            Node(14, "KSamplerSelect", (1600, 680), {"sampler_name": "euler"}),
+            Node(15, "BasicScheduler", (1600, 780), {"scheduler": "simple", "steps": 24, "denoise": 1.0}),
+            Node(16, "SamplerCustomAdvanced", (2000, 0), {}),
+            Node(17, "VAEDecode", (2300, 0), {}),
+            Node(18, "SaveImage", (2540, 0), {"filename_prefix": "motionnft/motion_guidance"}, size=(420, 460)),
+            Node(19, "MotionNFT_FlowAlignment", (2300, 520), {"backend": "dis", "preset": "medium"}, size=(380, 420)),
+            Node(20, "PreviewImage", (2720, 520), {}, "flow error map"),
+        ],
+        links=[
+            *kontext_links(),
+            (5, "IMAGE", 11, "image"), (1, "MODEL", 12, "model"), (3, "VAE", 12, "vae"),
+            (8, "CONDITIONING", 12, "positive"), (9, "CONDITIONING", 12, "negative"),
+            (5, "IMAGE", 12, "source_image"), (11, "flow", 12, "target_flow"), (1, "MODEL", 15, "model"),
+            (13, "NOISE", 16, "noise"), (12, "GUIDER", 16, "guider"), (14, "SAMPLER", 16, "sampler"),
+            (15, "SIGMAS", 16, "sigmas"), (6, "LATENT", 16, "latent_image"),
+            (16, "output", 17, "samples"), (3, "VAE", 17, "vae"), (17, "IMAGE", 18, "images"),
+            (5, "IMAGE", 19, "source_image"), (17, "IMAGE", 19, "result"), (11, "flow", 19, "target_flow"),
+            (19, "error_map", 20, "images"),
+        ],
+    )
+)
+
+
+WORKFLOWS.append(
+    Workflow(
         file="mine_pairs_from_video.json",
         note=(
             "Mine motion-edit training pairs from a video into a dataset folder.\n\n"

@@ -7,8 +7,6 @@ from pathlib import Path
 
 
 def add_edit(commands) -> None:
-    from ..generate import DTYPES, MODEL_CHOICES
-
     edit = commands.add_parser(
         "edit", help="edit every sample of a dataset with a base model (+ LoRA): <sample id>.png for 'motionnft eval'",
         description="Generate one edit per dataset sample with a base model and optionally a LoRA, as "
@@ -16,7 +14,21 @@ def add_edit(commands) -> None:
         "(28 steps; FLUX.1 Kontext: embedded guidance 2.5; Qwen-Image-Edit: true CFG 4.0 with the negative "
         "prompt ' '). Resumable: existing edits are kept, a rerun makes the rest (Ctrl-C stops cleanly).",
     )
-    model = edit.add_argument_group("model")
+    model_arguments(edit)
+    _sampling_arguments(edit)
+    edit.add_argument("--data", required=True, type=Path,
+                      help="dataset folder (metadata.jsonl) or MotionEdit parquet/arrow files")
+    edit.add_argument("--out", required=True, type=Path, help="folder of the edits (created; a rerun resumes it)")
+    edit.add_argument("--limit", type=int, default=None, help="edit only the first N samples")
+    edit.add_argument("--quiet", action="store_true", help="no progress bar")
+    edit.set_defaults(handler=command_edit, output_folders=("out",))
+
+
+def model_arguments(parser) -> None:
+    """The options naming the model (+ LoRA) and where it runs, shared by ``edit`` and ``guide``."""
+    from ..generate import DTYPES, MODEL_CHOICES
+
+    model = parser.add_argument_group("model")
     model.add_argument("--model", required=True, choices=MODEL_CHOICES, metavar="KIND",
                        help="tiny (the tiny training preset's model, with its base weights), "
                        + ", ".join(MODEL_CHOICES[1:]))
@@ -37,13 +49,19 @@ def add_edit(commands) -> None:
     model.add_argument("--dtype", default=None, choices=sorted(DTYPES),
                        help="default: bfloat16 for real models on CUDA, float32 otherwise")
     model.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    _sampling_arguments(edit)
-    edit.add_argument("--data", required=True, type=Path,
-                      help="dataset folder (metadata.jsonl) or MotionEdit parquet/arrow files")
-    edit.add_argument("--out", required=True, type=Path, help="folder of the edits (created; a rerun resumes it)")
-    edit.add_argument("--limit", type=int, default=None, help="edit only the first N samples")
-    edit.add_argument("--quiet", action="store_true", help="no progress bar")
-    edit.set_defaults(handler=command_edit, output_folders=("out",))
+
+
+def model_spec(args):
+    """The :class:`~motionnft.generate.ModelSpec` the model options describe."""
+    from ..generate import ModelSpec
+
+    return ModelSpec(
+        kind=args.model, path=None if args.model_path is None else str(args.model_path),
+        transformer_file=None if args.transformer_file is None else str(args.transformer_file),
+        base_weights=None if args.base_weights is None else str(args.base_weights), tiny_size=args.tiny_size,
+        tiny_codec=args.tiny_codec, guidance=args.guidance, lora=None if args.lora is None else str(args.lora),
+        lora_scale=args.lora_scale, lora_alpha=args.lora_alpha, dtype=args.dtype, device=args.device,
+    )
 
 
 def _sampling_arguments(edit) -> None:
@@ -67,15 +85,9 @@ def _sampling_arguments(edit) -> None:
 
 def generation_inputs(args):
     """(ModelSpec, GenerationSettings) from the model and sampling options."""
-    from ..generate import GenerationSettings, ModelSpec
+    from ..generate import GenerationSettings
 
-    spec = ModelSpec(
-        kind=args.model, path=None if args.model_path is None else str(args.model_path),
-        transformer_file=None if args.transformer_file is None else str(args.transformer_file),
-        base_weights=None if args.base_weights is None else str(args.base_weights), tiny_size=args.tiny_size,
-        tiny_codec=args.tiny_codec, guidance=args.guidance, lora=None if args.lora is None else str(args.lora),
-        lora_scale=args.lora_scale, lora_alpha=args.lora_alpha, dtype=args.dtype, device=args.device,
-    )
+    spec = model_spec(args)
     settings = GenerationSettings(steps=args.steps, sampler=args.sampler, seed=args.seed, resolution=args.resolution,
                                   true_cfg=args.true_cfg, negative_prompt=args.negative_prompt, batch_size=args.batch)
     return spec, settings

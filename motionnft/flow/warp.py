@@ -72,7 +72,11 @@ def warp_backward(
         [2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], device=flow.device, dtype=flow.dtype
     ).view(1, 2, 1, 1)
     grid = (coords * scale - 1.0).permute(0, 2, 3, 1)
-    warped = F.grid_sample(image.to(grid.dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    # A NaN coordinate makes grid_sample's CPU backward index out of bounds (a crash, not an
+    # error): send non-finite samples outside the image, where the padding mode decides.
+    grid = torch.nan_to_num(grid, nan=2.0, posinf=2.0, neginf=-2.0).contiguous()
+    warped = F.grid_sample(image.to(grid.dtype).contiguous(), grid, mode=mode, padding_mode=padding_mode,
+                           align_corners=True)
     return warped.to(image.dtype)
 
 

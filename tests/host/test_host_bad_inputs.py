@@ -7,7 +7,8 @@ import pytest
 from comfyui_harness import ComfyUIServer
 
 BAD = "HostTest_BadTensor"
-IMAGE, MASK, FLOW = 0, 1, 2
+IMAGE, MASK, FLOW = "@image", "@mask", "@flow"  # where the bad tensor goes (widget values are plain numbers)
+SLOT = {IMAGE: 0, MASK: 1, FLOW: 2}
 FLOW_DEFAULTS = {"backend": "dis", "preset": "auto"}
 MINE_DEFAULTS = {
     "fps": 24.0, "window_seconds": 3.0, "pairing": "endpoints", "stride_seconds": 0.0, "sample_fps": 4.0,
@@ -33,9 +34,9 @@ NODES = {
         "arrows_over": IMAGE}),
     "flow_to_optical_flow.flow": ("MotionNFT_FlowToOpticalFlow", {"flow": FLOW}),
     "drag_to_flow.image": ("MotionNFT_DragToFlow", {
-        "image": IMAGE, "drags": "10,10,20,20", "smoothness": 0.0, "pin_borders": True}),
+        "image": IMAGE, "drags": "10,10 -> 20,20", "smoothness": 0.0, "pin_borders": True}),
     "drag_to_flow.mask": ("MotionNFT_DragToFlow", {
-        "image": "good_image", "drags": "10,10,20,20", "smoothness": 0.0, "pin_borders": True, "mask": MASK}),
+        "image": "good_image", "drags": "10,10 -> 20,20", "smoothness": 0.0, "pin_borders": True, "mask": MASK}),
     "judge.edited_image": ("MotionNFT_JudgeEdit", {
         "input_image": "good_image", "edited_image": IMAGE, "instruction": "jump",
         "server_url": "http://127.0.0.1:9/v1", "model": "m", "timeout": 5}),
@@ -48,24 +49,26 @@ KINDS = {  # what the message must say for each kind of bad tensor
 NOT_APPLICABLE = {("drag_to_flow.mask", "one_channel"), ("drag_to_flow.mask", "four_channel")}  # a MASK has no channels
 
 
+OUTPUT_NODES = {"MotionNFT_MotionReward", "MotionNFT_JudgeEdit", "MotionNFT_MinePairs"}
+
+
 def graph_for(case: str, kind: str) -> dict:
     node, inputs = NODES[case]
     graph = {"bad": {"class_type": BAD, "inputs": {"kind": kind}},
              "good": {"class_type": BAD, "inputs": {"kind": "good"}}}
     wired = {}
     for name, value in inputs.items():
-        if isinstance(value, int) and not isinstance(value, bool):
-            wired[name] = ["bad", value]
+        if value in SLOT:
+            wired[name] = ["bad", SLOT[value]]
         elif value == "good_image":
-            wired[name] = ["good", IMAGE]
+            wired[name] = ["good", SLOT[IMAGE]]
         elif value == "good_flow":
-            wired[name] = ["good", FLOW]
+            wired[name] = ["good", SLOT[FLOW]]
         else:
             wired[name] = value
     graph["node"] = {"class_type": node, "inputs": wired}
-    outputs = {"MotionNFT_FlowToImage": "IMAGE", "MotionNFT_WarpImageByFlow": "IMAGE"}
-    if node in outputs:
-        graph["out"] = {"class_type": "PreviewImage", "inputs": {"images": ["node", 0]}}
+    if node not in OUTPUT_NODES:  # a prompt runs only what an output node needs
+        graph["out"] = {"class_type": "PreviewAny", "inputs": {"source": ["node", 0]}}
     return graph
 
 
@@ -83,6 +86,7 @@ def test_a_bad_tensor_is_refused_naming_the_input(comfyui: ComfyUIServer, case, 
 
 def test_the_server_stays_up_and_runs_a_good_prompt_after_the_bad_ones(comfyui: ComfyUIServer):
     graph = graph_for("warp.image", "good")
+    graph["out"] = {"class_type": "PreviewImage", "inputs": {"images": ["node", 0]}}
     outputs = comfyui.run(graph, timeout=120)
     assert outputs["out"]["images"]
     assert "MotionNFT_OpticalFlow" in comfyui.object_info()

@@ -81,3 +81,24 @@ class BadTensor:
 
 
 NODE_CLASS_MAPPINGS["HostTest_BadTensor"] = BadTensor
+
+
+class FluxConditioning:
+    """An empty FLUX conditioning (zero T5 tokens and pooled CLIP vector): a sampler needs one, and
+    the host tests load no text encoder."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"tokens": ("INT", {"default": 4, "min": 1, "max": 256})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, tokens):
+        import torch
+
+        return ([[torch.zeros(1, tokens, 4096), {"pooled_output": torch.zeros(1, 768), "guidance": 2.5}]],)
+
+
+NODE_CLASS_MAPPINGS["HostTest_FluxConditioning"] = FluxConditioning
