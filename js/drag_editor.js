@@ -2,10 +2,23 @@
 // it should go; several pairs; Undo and Clear buttons. The node's `drags` text widget holds
 // the value, {"size": [W, H], "drags": [[x0, y0, x1, y1], ...]} in pixels of the image
 // shown, so every drag is also a graph change that ComfyUI's own Ctrl+Z undoes.
+// The image is fitted whole into the space the node gives the editor (like CSS
+// object-fit: contain), at any node size; the drags are drawn and read in a frame laid
+// exactly over the image, so the mapping to image pixels holds however it is scaled.
 import { app } from "../../scripts/app.js";
 import { NODE, PANEL_STYLE, addPanel, chain, element, inputUrl, viewUrl } from "./common.js";
 
 const SVG = "http://www.w3.org/2000/svg";
+const MIN_STAGE_HEIGHT = 60;
+
+/** The box ``[left, top, width, height]`` of a ``size = [W, H]`` image fitted whole (contain)
+ * and centred in a ``boxWidth`` x ``boxHeight`` box. */
+export function containRect(size, boxWidth, boxHeight) {
+  if (!size || !(size[0] > 0) || !(size[1] > 0) || !(boxWidth > 0) || !(boxHeight > 0)) return [0, 0, boxWidth, boxHeight];
+  const scale = Math.min(boxWidth / size[0], boxHeight / size[1]);
+  const width = size[0] * scale, height = size[1] * scale;
+  return [(boxWidth - width) / 2, (boxHeight - height) / 2, width, height];
+}
 
 export function parseDrags(text) {
   try {
@@ -32,21 +45,28 @@ class DragEditor {
     this.drags = [];
     this.size = null;
     this.pending = null;
-    this.root = element("div", "motionnft-drag-editor", { ...PANEL_STYLE, display: "flex", flexDirection: "column", gap: "4px" });
-    const bar = element("div", "motionnft-drag-toolbar", { display: "flex", gap: "6px", alignItems: "center" });
+    this.root = element("div", "motionnft-drag-editor", { ...PANEL_STYLE, height: "100%", display: "flex", flexDirection: "column", gap: "4px" });
+    const bar = element("div", "motionnft-drag-toolbar", { display: "flex", flexWrap: "wrap", gap: "4px 6px", alignItems: "center", flex: "0 0 auto" });
     this.undoButton = element("button", "motionnft-drag-undo", {}, "Undo");
     this.clearButton = element("button", "motionnft-drag-clear", {}, "Clear");
     this.reloadButton = element("button", "motionnft-drag-reload", {}, "Reload image");
     this.count = element("span", "motionnft-drag-count", { marginLeft: "auto", opacity: "0.8" }, "0 drags");
     bar.append(this.undoButton, this.clearButton, this.reloadButton, this.count);
-    this.stage = element("div", "motionnft-drag-stage", { position: "relative", userSelect: "none", touchAction: "none", cursor: "crosshair", minHeight: "60px", background: "rgba(127,127,127,0.15)" });
-    this.image = element("img", "motionnft-drag-image", { display: "block", width: "100%", pointerEvents: "none" });
+    // The stage takes the height left under the toolbar; the frame is the image's box inside it.
+    this.stage = element("div", "motionnft-drag-stage", { position: "relative", flex: "1 1 0", minHeight: `${MIN_STAGE_HEIGHT}px`, overflow: "hidden", userSelect: "none", touchAction: "none", cursor: "crosshair", background: "rgba(127,127,127,0.15)" });
+    this.frame = element("div", "motionnft-drag-frame", { position: "absolute", left: "0", top: "0", width: "100%", height: "100%" });
+    this.image = element("img", "motionnft-drag-image", { display: "block", width: "100%", height: "100%", pointerEvents: "none" });
     this.image.alt = "";
     this.hint = element("div", "motionnft-drag-hint", { position: "absolute", inset: "0", display: "flex", alignItems: "center", justifyContent: "center", textAlign: "center", padding: "8px", opacity: "0.8" }, "Connect an image (or run once), then drag points on it.");
     this.overlay = svgElement("svg", { class: "motionnft-drag-overlay", preserveAspectRatio: "none" });
     Object.assign(this.overlay.style, { position: "absolute", inset: "0", width: "100%", height: "100%", pointerEvents: "none", overflow: "visible" });
-    this.stage.append(this.image, this.hint, this.overlay);
+    this.frame.append(this.image, this.overlay);
+    this.stage.append(this.frame, this.hint);
     this.root.append(bar, this.stage);
+    if (typeof ResizeObserver !== "undefined") {
+      this.resizeObserver = new ResizeObserver(() => this.layout());
+      this.resizeObserver.observe(this.stage);
+    }
 
     this.undoButton.addEventListener("click", () => this.undo());
     this.clearButton.addEventListener("click", () => this.clear());
@@ -70,16 +90,29 @@ class DragEditor {
     this.render();
   }
 
-  imagePoint(event) {
-    const box = this.stage.getBoundingClientRect();
+  /** Fit the frame (image + drawing) whole into the stage, keeping the image's aspect ratio. */
+  layout() {
+    const width = this.stage.clientWidth, height = this.stage.clientHeight;
+    const [left, top, w, h] = containRect(this.size, width, height);
+    Object.assign(this.frame.style, { left: `${left}px`, top: `${top}px`, width: `${w}px`, height: `${h}px` });
+  }
+
+  /** The event's position in image pixels; outside the image: null, or the nearest edge point with ``clamp``. */
+  imagePoint(event, clamp = false) {
+    const box = this.frame.getBoundingClientRect();
     if (!this.size || box.width === 0 || box.height === 0) return null;
-    const x = ((event.clientX - box.left) / box.width) * this.size[0];
-    const y = ((event.clientY - box.top) / box.height) * this.size[1];
+    let x = ((event.clientX - box.left) / box.width) * this.size[0];
+    let y = ((event.clientY - box.top) / box.height) * this.size[1];
+    const inside = x >= 0 && y >= 0 && x <= this.size[0] && y <= this.size[1];
+    if (!inside && !clamp) return null;
+    x = Math.min(Math.max(x, 0), this.size[0]);
+    y = Math.min(Math.max(y, 0), this.size[1]);
     return [Math.round(x * 10) / 10, Math.round(y * 10) / 10];
   }
 
   start(event) {
     if (event.button !== 0 || !this.image.src) return;
+    this.layout();
     const point = this.imagePoint(event);
     if (!point) return;
     event.preventDefault();
@@ -91,7 +124,7 @@ class DragEditor {
 
   move(event) {
     if (!this.pending) return;
-    const point = this.imagePoint(event);
+    const point = this.imagePoint(event, true);
     if (!point) return;
     event.stopPropagation();
     this.pending = [this.pending[0], this.pending[1], ...point];
@@ -101,7 +134,7 @@ class DragEditor {
   finish(event) {
     if (!this.pending) return;
     event.stopPropagation();
-    const point = this.imagePoint(event) ?? this.pending.slice(2);
+    const point = this.imagePoint(event, true) ?? this.pending.slice(2);
     const drag = [this.pending[0], this.pending[1], ...point];
     this.pending = null;
     if (Math.hypot(drag[2] - drag[0], drag[3] - drag[1]) >= 1) {
@@ -139,6 +172,7 @@ class DragEditor {
     this.undoButton.disabled = this.drags.length === 0;
     this.overlay.replaceChildren();
     if (!this.size) return;
+    this.layout();
     this.overlay.setAttribute("viewBox", `0 0 ${this.size[0]} ${this.size[1]}`);
     const radius = Math.max(this.size[0], this.size[1]) / 120;
     const all = this.pending ? [...this.drags, this.pending] : this.drags;

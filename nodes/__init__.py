@@ -4,6 +4,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .drag_nodes import DragToFlow
 from .flow_nodes import FlowToImage, FlowToOpticalFlow, OpticalFlow, OpticalFlowToFlow, WarpImageByFlow
+from .guidance_nodes import FlowAlignment, FlowFromFile, MotionGuidance
 from .judge_nodes import JudgeEditNode
 from .lora_nodes import LoadMotionLoraKontext, LoadMotionLoraQwenImageEdit
 from .mining_nodes import MinePairs
@@ -21,6 +22,9 @@ NODES: list[type[io.ComfyNode]] = [
     LoadMotionLoraQwenImageEdit,
     MinePairs,
     DragToFlow,
+    FlowFromFile,
+    MotionGuidance,
+    FlowAlignment,
 ]
 
 

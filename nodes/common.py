@@ -21,6 +21,9 @@ FLOW_FOLDER = "optical_flow"
 
 WEIGHTS_AUTO = "auto"
 
+DRAG_FOLDER = "motionnft_drag"
+"""ComfyUI model folder of the drag networks' weights (``models/motionnft_drag``: FlowGen files)."""
+
 Flow = io.Custom("MOTIONNFT_FLOW")
 """A torch float tensor ``(B, 2, H, W)``: the flow from image A to image B in pixels of
 A's size, channel 0 = x (right), channel 1 = y (down)."""
@@ -80,6 +83,29 @@ def _flow_folders() -> list[str]:
     return folder_paths.get_folder_paths(FLOW_FOLDER)
 
 
+def register_model_folder(name: str) -> None:
+    """Register ``models/<name>`` with ComfyUI, merged into ``folder_paths.folder_names_and_paths``
+    as :func:`register_flow_folder` does: an entry ``extra_model_paths.yaml`` already made keeps
+    its folders (first) and extensions."""
+    default = os.path.join(folder_paths.models_dir, name)
+    supported = set(folder_paths.supported_pt_extensions)
+    existing = folder_paths.folder_names_and_paths.get(name)
+    if existing is None:
+        paths, extensions = [default], supported
+    else:
+        paths, extensions = list(existing[0]), set(existing[1])
+        if default not in paths:
+            paths.append(default)
+        if extensions:  # an empty set means "any file" to ComfyUI: keep it so
+            extensions |= supported
+    folder_paths.folder_names_and_paths[name] = (paths, extensions)
+
+
+def model_folder_listing(name: str) -> str:
+    """Every folder of ComfyUI's model folder ``name``, one ``  - path`` line each (for errors)."""
+    return "\n".join(f"  - {folder}" for folder in folder_paths.get_folder_paths(name))
+
+
 def flow_model_inputs() -> list:
     """The weights and precision widgets of nodes that can run a learned flow backend (optional
     inputs, so graphs written before they existed still run)."""
@@ -112,18 +138,26 @@ def flow_estimator(backend: str, preset: str, weights: str = WEIGHTS_AUTO, preci
         if weights != WEIGHTS_AUTO:
             logging.info("MotionNFT: backend %s uses no weights; %s ignored", backend, weights)
         return create_estimator(backend, resolve_preset(preset))
-    path = None
-    if os.path.isabs(weights) and os.path.isfile(weights):
-        path = weights  # a full path typed in a text setting (the miner's overrides)
-    elif weights != WEIGHTS_AUTO:
-        path = folder_paths.get_full_path(FLOW_FOLDER, weights)
-        if path is None:
-            listing = "\n".join(f"  - {folder}" for folder in _flow_folders())
-            raise FileNotFoundError(f"weights: {weights!r} is in none of the optical_flow folders:\n{listing}")
     return create_estimator(
-        backend, resolve_preset(preset), weights=path, precision=precision,
+        backend, resolve_preset(preset), weights=resolve_weights(weights), precision=precision,
         device=comfy.model_management.get_torch_device(),
     )
+
+
+def resolve_weights(weights: str) -> str | None:
+    """The weight file a ``weights`` widget names: None for auto (the backend's preferred file),
+    a full path as given, else the file of that name in the optical_flow folders.
+
+    Raises FileNotFoundError listing every optical_flow folder when there is none."""
+    if weights == WEIGHTS_AUTO:
+        return None
+    if os.path.isabs(weights) and os.path.isfile(weights):
+        return weights  # a full path typed in a text setting (the miner's overrides)
+    path = folder_paths.get_full_path(FLOW_FOLDER, weights)
+    if path is None:
+        listing = "\n".join(f"  - {folder}" for folder in _flow_folders())
+        raise FileNotFoundError(f"weights: {weights!r} is in none of the optical_flow folders:\n{listing}")
+    return path
 
 
 def resolve_preset(preset: str) -> str | None:
@@ -215,3 +249,4 @@ def broadcast_batches(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 register_flow_folder()
+register_model_folder(DRAG_FOLDER)

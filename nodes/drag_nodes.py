@@ -1,11 +1,21 @@
-"""Drag to Flow: the point-drag editor's list of drags -> a dense flow (thin-plate spline)."""
+"""Drag to Flow: the point-drag editor's list of drags -> a dense flow (thin-plate spline or
+InstantDrag's FlowGen, weights from models/motionnft_drag)."""
 
 from __future__ import annotations
 
+import os
+
+import folder_paths
 from comfy_api.latest import io, ui
 
+import comfy.model_management
+
+from ..motionnft.drag.inference import flowgen_flow, load_flowgen
 from ..motionnft.drag.spline import drags_to_flow, parse_drags
-from .common import CATEGORY, Flow, check_mask, image_to_bchw
+from .common import CATEGORY, DRAG_FOLDER, Flow, check_mask, image_to_bchw, model_folder_listing
+
+SPLINE, FLOWGEN = "thin-plate spline", "FlowGen"
+NO_WEIGHTS = "none"
 
 DRAG_EDITOR_HELP = (
     "Drag list from the point-drag editor on this node: click a point on the image and drag "
@@ -22,9 +32,10 @@ class DragToFlow(io.ComfyNode):
             display_name="Drag to Flow (MotionNFT)",
             category=CATEGORY,
             description=(
-                "Turns point drags (source -> target) into a dense flow by thin-plate-spline "
-                "interpolation, optionally confined to a mask. Feed it to Warp Image by Flow "
-                "(forward) for a preview of the drag."
+                "Turns point drags (source -> target) into a dense flow: by thin-plate-spline "
+                "interpolation (optionally confined to a mask), or by InstantDrag's FlowGen, which reads "
+                "the image (weights from models/motionnft_drag, made by 'motionnft train-drag'). Feed it to "
+                "Warp Image by Flow (forward) for a preview of the drag."
             ),
             inputs=[
                 io.Image.Input("image", tooltip="The image the drags are drawn on; sets the flow's size."),
@@ -38,12 +49,25 @@ class DragToFlow(io.ComfyNode):
                     tooltip="Hold the image border still so drags bend the image locally; off = one drag slides everything.",
                 ),
                 io.Mask.Input("mask", optional=True, tooltip="Where content may move (flow is 0 outside)."),
+                io.Combo.Input(
+                    "method", options=[SPLINE, FLOWGEN], default=SPLINE, optional=True,
+                    tooltip="thin-plate spline: no weights, knows nothing of the image. FlowGen: a network that "
+                    "reads the image and moves the dragged part (needs a flowgen file); smoothness and "
+                    "pin_borders are the spline's only.",
+                ),
+                io.Combo.Input(
+                    "flowgen", options=[NO_WEIGHTS, *folder_paths.get_filename_list(DRAG_FOLDER)],
+                    default=NO_WEIGHTS, optional=True,
+                    tooltip="FlowGen weights (flowgen.safetensors from 'motionnft train-drag') in "
+                    "models/motionnft_drag; used when method is FlowGen.",
+                ),
             ],
             outputs=[Flow.Output(display_name="flow")],
         )
 
     @classmethod
-    def execute(cls, image, drags, smoothness, pin_borders, mask=None) -> io.NodeOutput:
+    def execute(cls, image, drags, smoothness, pin_borders, mask=None, method=SPLINE,
+                flowgen=NO_WEIGHTS) -> io.NodeOutput:
         picture = image_to_bchw("image", image)
         batch, _, height, width = picture.shape
         drag_list = parse_drags(drags)
@@ -51,11 +75,36 @@ class DragToFlow(io.ComfyNode):
             raise ValueError("drags: no drag pairs yet; draw at least one on the node's editor")
         if mask is not None:
             mask = check_mask("mask", mask, (height, width))
-        flow = drags_to_flow(
-            drag_list, height, width, mask=mask, smoothness=smoothness, pinned_border_points=8 if pin_borders else 0
-        )
+        if method == FLOWGEN:
+            flow = flowgen_flow(flowgen_generator(flowgen), picture, drag_list, mask=mask)
+        else:
+            flow = drags_to_flow(
+                drag_list, height, width, mask=mask, smoothness=smoothness,
+                pinned_border_points=8 if pin_borders else 0,
+            )
         if flow.shape[0] == 1 and batch > 1:
             flow = flow.expand(batch, -1, -1, -1).contiguous()
         # The editor shows this image after a run when it cannot find the upstream one.
         preview = ui.PreviewImage(image[:1], cls=cls).as_dict()
         return io.NodeOutput(flow, ui={"motionnft_drag_image": preview["images"]})
+
+
+_LOADED: dict = {}
+
+
+def flowgen_generator(name: str):
+    """The FlowGen of the ``flowgen`` widget's file, on ComfyUI's device (kept while the file is
+    unchanged). FileNotFoundError naming every motionnft_drag folder when there is none."""
+    path = None if name == NO_WEIGHTS else folder_paths.get_full_path(DRAG_FOLDER, name)
+    if path is None:
+        chosen = "no flowgen file is chosen" if name == NO_WEIGHTS else f"{name!r} is in none of them"
+        raise FileNotFoundError(
+            f"flowgen: method FlowGen needs weights and {chosen}. Put a FlowGen file (flowgen.safetensors from "
+            f"'motionnft train-drag') into one of the {DRAG_FOLDER} folders and pick it:\n"
+            f"{model_folder_listing(DRAG_FOLDER)}"
+        )
+    key = (path, os.stat(path).st_mtime_ns)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = load_flowgen(path).to(comfy.model_management.get_torch_device())
+    return _LOADED[key]

@@ -156,6 +156,70 @@ def drag_value(page) -> list:
     return json.loads(raw)["drags"] if raw else []
 
 
+def drag_on_image(page, fx0, fy0, fx1, fy1) -> None:
+    """Drag with the mouse between two points given as fractions of the image shown."""
+    frame = page.locator(".motionnft-drag-frame").bounding_box()
+    page.mouse.move(frame["x"] + fx0 * frame["width"], frame["y"] + fy0 * frame["height"])
+    page.mouse.down()
+    page.mouse.move(frame["x"] + fx1 * frame["width"], frame["y"] + fy1 * frame["height"], steps=5)
+    page.mouse.up()
+    page.wait_for_timeout(150)
+
+
+def check_whole_image_shown(page, image_size: tuple[int, int]) -> dict:
+    """The image's box lies inside the editor (nothing cut off), keeps the image's aspect ratio
+    and touches two opposite sides of the stage (fitted, not shrunk further)."""
+    box = page.evaluate(
+        """() => {
+          const rect = (selector) => {
+            const r = document.querySelector(selector).getBoundingClientRect();
+            return {left: r.left, top: r.top, right: r.right, bottom: r.bottom, width: r.width, height: r.height};
+          };
+          return {root: rect('.motionnft-drag-editor'), stage: rect('.motionnft-drag-stage'),
+                  frame: rect('.motionnft-drag-frame'), image: rect('.motionnft-drag-image')};
+        }"""
+    )
+    frame, stage, root, image = box["frame"], box["stage"], box["root"], box["image"]
+    for side in ("left", "top"):
+        assert frame[side] >= stage[side] - 1 and stage[side] >= root[side] - 1, box
+    for side in ("right", "bottom"):
+        assert frame[side] <= stage[side] + 1 and stage[side] <= root[side] + 1, box
+    assert image["width"] == pytest.approx(frame["width"], abs=1) and image["height"] == pytest.approx(frame["height"], abs=1)
+    assert frame["width"] / frame["height"] == pytest.approx(image_size[0] / image_size[1], rel=0.02)
+    fills_width = abs(frame["width"] - stage["width"]) <= 1
+    fills_height = abs(frame["height"] - stage["height"]) <= 1
+    assert fills_width or fills_height, box
+    return box
+
+
+def test_drag_editor_shows_and_maps_the_whole_image_at_any_node_size(page, comfyui: ComfyUIServer):
+    open_workflow(page, REPO_ROOT / "workflows" / "drag_to_flow_preview.json")
+    page.wait_for_function(
+        "() => document.querySelector('.motionnft-drag-image')?.naturalWidth === 256", timeout=20_000
+    )
+    sizes = {"default": None, "wide and short": [640, 330], "narrow and tall": [300, 720], "large": [700, 800]}
+    for name, size in sizes.items():
+        page.evaluate(
+            """(size) => {
+              const node = window.app.graph.getNodeById(2);
+              node.setSize(size ?? node.computeSize());
+              window.app.canvas.setDirty(true, true);
+            }""",
+            size,
+        )
+        show_node(page, 2)
+        page.wait_for_timeout(300)
+        check_whole_image_shown(page, (256, 256))
+        page.locator(".motionnft-drag-clear").click()
+        # Corner to corner of the image shown: the drag spans the whole image.
+        drag_on_image(page, 0.02, 0.02, 0.98, 0.98)
+        (drag,) = drag_value(page)
+        assert drag == pytest.approx([0.02 * 256, 0.02 * 256, 0.98 * 256, 0.98 * 256], abs=4), name
+        if size is None:
+            page.screenshot(path=str(page.screenshots / "drag_editor_default_size.png"))
+    assert not page.motionnft_errors, page.motionnft_errors
+
+
 def test_drag_editor_records_undoes_and_feeds_drag_to_flow(page, comfyui: ComfyUIServer):
     open_workflow(page, REPO_ROOT / "workflows" / "drag_to_flow_preview.json")
     show_node(page, 2)
@@ -168,12 +232,7 @@ def test_drag_editor_records_undoes_and_feeds_drag_to_flow(page, comfyui: ComfyU
     assert drag_value(page) == []
 
     def drag(fx0, fy0, fx1, fy1):
-        stage = page.locator(".motionnft-drag-stage").bounding_box()
-        page.mouse.move(stage["x"] + fx0 * stage["width"], stage["y"] + fy0 * stage["height"])
-        page.mouse.down()
-        page.mouse.move(stage["x"] + fx1 * stage["width"], stage["y"] + fy1 * stage["height"], steps=5)
-        page.mouse.up()
-        page.wait_for_timeout(150)
+        drag_on_image(page, fx0, fy0, fx1, fy1)
 
     drag(0.30, 0.30, 0.50, 0.40)
     (first,) = drag_value(page)

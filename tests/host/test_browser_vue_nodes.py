@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from comfyui_harness import REPO_ROOT, ComfyUIServer
-from test_browser import drag_value, front_end, open_workflow, run_graph, set_setting
+from test_browser import check_whole_image_shown, drag_value, front_end, open_workflow, run_graph, set_setting
 
 SETTING = "Comfy.VueNodes.Enabled"
 MIN_FRONTEND = (1, 30)
@@ -52,7 +52,8 @@ def test_drag_editor_draws_under_vue_nodes(vue_page, comfyui: ComfyUIServer):
     editor.locator(".motionnft-drag-clear").click()
     stage = editor.locator(".motionnft-drag-stage")
     stage.scroll_into_view_if_needed()
-    box = stage.bounding_box()
+    check_whole_image_shown(vue_page, (256, 256))
+    box = editor.locator(".motionnft-drag-frame").bounding_box()
     vue_page.mouse.move(box["x"] + 0.4 * box["width"], box["y"] + 0.4 * box["height"])
     vue_page.mouse.down()
     vue_page.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.5 * box["height"], steps=5)

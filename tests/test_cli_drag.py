@@ -1,0 +1,180 @@
+"""``motionnft drag`` and ``motionnft train-drag``, run through the real ``motionnft.cli.main``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import motionnft.cli as cli
+from motionnft.cli.drag import add_drag, add_train_drag
+from motionnft.drag import load_flowgen
+from motionnft.drag.flow_data import figure_scenes
+from motionnft.flow import read_flo, write_flo
+from motionnft.image import load_image, save_image
+from motionnft.synthetic import FigurePose, render_scene
+
+
+def register(monkeypatch) -> None:
+    """The two commands in the parser (whether or not cli/__init__.py lists them yet)."""
+    missing = tuple(add for add in (add_drag, add_train_drag) if add not in cli._COMMANDS)
+    monkeypatch.setattr(cli, "_COMMANDS", cli._COMMANDS + missing)
+
+
+@pytest.fixture(autouse=True)
+def registered(monkeypatch):
+    register(monkeypatch)
+
+
+def run(argv) -> int:
+    return cli.main([str(a) for a in argv])
+
+
+@pytest.fixture
+def image(tmp_path):
+    return save_image(render_scene(FigurePose(), (72, 96)), tmp_path / "figure.png")  # 96 wide, 72 high
+
+
+@pytest.fixture(scope="module")
+def mined(tmp_path_factory):
+    """A dataset folder laid out as the miner writes it: <id>_input/_target.png and <id>_flow.flo."""
+    root = tmp_path_factory.mktemp("mined")
+    (root / "images").mkdir()
+    scenes = figure_scenes(6, 64, seed=3)
+    records = []
+    for index in range(len(scenes)):
+        batch = scenes.batch(torch.tensor([index]))
+        sample = f"s{index}"
+        save_image(batch.images[0], root / "images" / f"{sample}_input.png")
+        save_image(batch.images[0], root / "images" / f"{sample}_target.png")
+        write_flo(root / "images" / f"{sample}_flow.flo", batch.flows[0])
+        records.append({"id": sample, "prompt": "move", "input_image": f"images/{sample}_input.png",
+                        "target_image": f"images/{sample}_target.png"})
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(mined, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("flowgen") / "run"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        register(monkeypatch)
+        assert run(["train-drag", "--data", mined, "--part", "flowgen", "--out", run_dir, "--steps", "2",
+                    "--batch-size", "2", "--quiet"]) == 0
+    return run_dir
+
+
+def test_spline_drag_writes_the_result_the_flow_and_its_picture(image, tmp_path, capsys):
+    out, flo, viz = tmp_path / "out" / "moved.png", tmp_path / "f.flo", tmp_path / "viz.png"
+    assert run(["drag", "--image", image, "--drags", "40,30,52,34; 20,50,20,44", "--out", out, "--flow-out", flo,
+                "--viz", viz]) == 0
+    flow = read_flo(flo)
+    assert flow.shape == (2, 72, 96)
+    # The spline is exact at the drags' sources.
+    assert flow[:, 30, 40].tolist() == pytest.approx([12.0, 4.0], abs=1e-3)
+    assert flow[:, 50, 20].tolist() == pytest.approx([0.0, -6.0], abs=1e-3)
+    source, moved = load_image(image), load_image(out)
+    assert moved.shape == source.shape and (moved - source).abs().max() > 0.1
+    assert load_image(viz).shape == source.shape
+    printed = capsys.readouterr().out
+    assert "thin-plate spline" in printed and str(out) in printed
+
+
+def test_drag_formats_agree(image, tmp_path):
+    flows = []
+    for index, text in enumerate(["40,30,52,34", "40,30 -> 52,34", json.dumps({"drags": [[40, 30, 52, 34]]}),
+                                  json.dumps({"size": [192, 144], "drags": [[80, 60, 104, 68]]})]):
+        flo = tmp_path / f"{index}.flo"
+        assert run(["drag", "--image", image, "--drags", text, "--out", tmp_path / f"{index}.png",
+                    "--flow-out", flo]) == 0
+        flows.append(read_flo(flo))
+    for flow in flows[1:]:
+        assert torch.allclose(flow, flows[0], atol=1e-4)
+
+
+def test_train_drag_writes_flowgen_weights_that_drag_uses(trained, image, tmp_path, capsys):
+    weights = trained / "flowgen.safetensors"
+    assert weights.is_file() and (trained / "checkpoints" / "latest").is_file()
+    generator = load_flowgen(weights)
+    assert generator.config.depth == 6 and generator.working_size == 64
+    for fit in ("resize", "pad"):
+        out, flo = tmp_path / f"{fit}.png", tmp_path / f"{fit}.flo"
+        assert run(["drag", "--image", image, "--drags", "40,30,52,34", "--flowgen", weights, "--fit", fit,
+                    "--out", out, "--flow-out", flo]) == 0
+        assert read_flo(flo).shape == (2, 72, 96) and torch.isfinite(read_flo(flo)).all()
+        assert load_image(out).shape == (1, 3, 72, 96)
+    assert "FlowGen" in capsys.readouterr().out
+    # The run folder itself is accepted too (its latest trainer checkpoint).
+    assert run(["drag", "--image", image, "--drags", "40,30,52,34", "--flowgen", trained, "--out",
+                tmp_path / "run.png"]) == 0
+
+
+def test_train_drag_resumes_a_finished_run_without_training(trained, mined, capsys):
+    before = load_flowgen(trained / "flowgen.safetensors").state_dict()
+    assert run(["train-drag", "--data", mined, "--out", trained, "--steps", "2", "--batch-size", "2", "--quiet"]) == 0
+    after = load_flowgen(trained / "flowgen.safetensors").state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert "step 2" in capsys.readouterr().out
+
+
+def test_train_drag_on_synthetic_scenes(tmp_path):
+    assert run(["train-drag", "--out", tmp_path / "run", "--steps", "1", "--batch-size", "1", "--scenes", "2",
+                "--quiet"]) == 0
+    assert load_flowgen(tmp_path / "run" / "flowgen.safetensors").working_size == 64
+
+
+@pytest.fixture
+def bad(tmp_path, image, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not weights\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "plain.txt").write_text("a file\n")
+    return tmp_path
+
+
+BAD = [
+    ("drag --image missing.png --drags 1,1,2,2 --out o.png", "missing.png"),
+    ("drag --image figure.png --drags nonsense --out o.png", "--drags"),
+    ("drag --image figure.png --drags '' --out o.png", "--drags"),
+    ("drag --image figure.png --drags 1,1,2 --out o.png", "--drags"),
+    ("drag --image figure.png --drags 200,10,210,10 --out o.png", "outside the 96x72 image"),
+    ("drag --image figure.png --drags 1,1,2,2 --method flowgen --out o.png", "--flowgen"),
+    ("drag --image figure.png --drags 1,1,2,2 --flowgen none.safetensors --out o.png", "none.safetensors"),
+    ("drag --image figure.png --drags 1,1,2,2 --flowgen notes.txt --out o.png", "notes.txt"),
+    ("drag --image figure.png --drags 1,1,2,2 --flowgen folder --out o.png", "folder"),
+    ("drag --image figure.png --drags 1,1,2,2 --out figure.png", "figure.png"),
+    ("drag --image figure.png --drags 1,1,2,2 --out folder", "--out"),
+    ("drag --image figure.png --drags 1,1,2,2 --out o.png --flow-out plain.txt/f.flo", "--flow-out"),
+    ("train-drag --data nowhere --out run", "nowhere"),
+    ("train-drag --data plain.txt --out run", "plain.txt"),
+    ("train-drag --out run --size 100", "--size 100"),
+    ("train-drag --out run --steps 0", "--steps"),
+    ("train-drag --out plain.txt", "plain.txt"),
+    ("train-drag --out run --resume elsewhere", "elsewhere"),
+]
+
+
+@pytest.mark.parametrize("line, named", BAD, ids=[line for line, _ in BAD])
+def test_bad_inputs_exit_2_with_one_line_naming_them(bad, line, named, capsys):
+    import shlex
+
+    assert cli.main(shlex.split(line)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert named in err and err.startswith("motionnft "), err
+    assert not (bad / "o.png").exists() and not (bad / "run" / "flowgen.safetensors").exists()
+
+
+def test_flowdiffusion_option_runs_a_trained_flowdiffusion(image, tmp_path):
+    """With FlowDiffusion installed, train-drag --part flowdiffusion trains it and drag
+    --flowdiffusion edits with it; a folder that holds no run is named."""
+    pytest.importorskip("diffusers")
+    assert run(["drag", "--image", image, "--drags", "40,30,52,34", "--flowdiffusion", tmp_path / "nothing",
+                "--out", tmp_path / "o.png"]) == 2
+    assert not (tmp_path / "o.png").exists()
+    assert run(["train-drag", "--part", "flowdiffusion", "--out", tmp_path / "fd", "--steps", "1", "--batch-size", "1",
+                "--scenes", "2", "--quiet"]) == 0
+    assert run(["drag", "--image", image, "--drags", "40,30,52,34", "--flowdiffusion", tmp_path / "fd", "--steps", "2",
+                "--out", tmp_path / "edit.png"]) == 0
+    assert load_image(tmp_path / "edit.png").shape == (1, 3, 72, 96)
