@@ -2,6 +2,7 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .animation_nodes import AnimateImage
 from .drag_nodes import DragToFlow
 from .flow_nodes import FlowToImage, FlowToOpticalFlow, OpticalFlow, OpticalFlowToFlow, WarpImageByFlow
 from .guidance_nodes import FlowAlignment, FlowFromFile, MotionGuidance
@@ -25,6 +26,7 @@ NODES: list[type[io.ComfyNode]] = [
     FlowFromFile,
     MotionGuidance,
     FlowAlignment,
+    AnimateImage,
 ]
 
 

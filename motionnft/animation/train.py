@@ -1,0 +1,404 @@
+"""Training TPSMM on videos: pairs of frames of one video, the source animated to the driving pose.
+
+One step (the official ``GeneratorFullModel`` + ``train.py``): draw ``batch_size`` pairs
+(a random video, two random frames of its training part, the earlier one the source),
+detect keypoints on both, predict the background affine (after ``background_from``), the
+dense motion (with TPS dropout until ``dropout_until``) and the frame; minimise
+perceptual + equivariance + warp + background losses (:mod:`.losses`, TPSMM's weights);
+Adam (2e-4, betas 0.5/0.999), learning rate x0.1 at 70 % and 90 % of the steps, keypoint
+and background gradients clipped to an inf-norm of 10. The schedule's epochs are given as
+fractions of ``steps`` here. Not in scope: the adversarial and decoupling losses, and the
+official data augmentation (flips, colour jitter).
+
+Frames are streamed once through :func:`motionnft.video.sample_frames`, centre-cropped to a
+square, resized to ``size`` and kept as uint8 (3·size² bytes each); the last ``holdout``
+fraction of each video is never trained on (:func:`reconstruction_l1` evaluates it).
+
+Every random draw of step ``s`` comes from ``derived_generator(seed, purpose, s)``; a
+checkpoint (model incl. batch-norm statistics, optimiser, global RNG, step) resumes the run
+exactly. Ctrl-C waits for the step in progress, then saves.
+
+Run: ``python -m motionnft.animation.train --video PATH --out RUN [--steps N] [--size 64]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..training.checkpoints import Checkpoints, write_run_config
+from ..training.interrupt import DeferInterrupt
+from ..training.metrics import MetricsLog
+from ..training.progress import progress_bar
+from ..training.seeding import derived_generator, rng_state, set_rng_state
+from ..video import sample_frames
+from .animate import animate
+from .config import PRESETS, TPSMMConfig
+from .losses import (BACKGROUND_WEIGHT, EQUIVARIANCE_WEIGHT, PERCEPTUAL_WEIGHTS, POINTS_TPS, SCALES, SIGMA_AFFINE,
+                     SIGMA_TPS, VGG19_FILE, WARP_WEIGHT, L1Pyramid, PerceptualPyramidLoss, RandomTPS,
+                     background_loss, driving_encoder_maps, equivariance_loss, load_vgg19, warp_loss)
+from .model import TPSMM
+
+STATE_KEYS = {"step", "model", "optimizer", "rng", "config"}
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".gif")
+PERCEPTUAL = ("vgg19", "l1_pyramid")
+VGG_MIN_SIZE = 16
+
+
+@dataclass(frozen=True)
+class AnimationTrainConfig:
+    """Every setting of a TPSMM run (saved with each checkpoint).
+
+    Attributes:
+        model: a preset of :data:`.config.PRESETS` (``"tiny"`` for CPU).
+        size: square training frame size (a multiple of the model's, e.g. 64 or 128 for tiny).
+        perceptual: ``"vgg19"`` (the paper's loss; needs ``vgg19``, a local weight file) or
+            ``"l1_pyramid"`` (a weight-free stand-in: L1 on the same pyramid).
+        vgg19: path of torchvision's ``vgg19-dcbb9e9d.pth`` (never downloaded).
+        equivariance_weight, warp_weight, background_weight: TPSMM's 10 each.
+        sigma_affine, sigma_tps, points_tps: the equivariance transform (0.05, 0.005, 5).
+        dropout_start_p, dropout_max_p: TPS dropout probability, rising linearly from the start
+            value over ``dropout_ramp`` of the steps to the max, off after ``dropout_until``
+            (official: 0.1, 0.3, epochs 10 and 35 of 100).
+        background_from: fraction of the steps after which the background predictor and its
+            loss are on (official: epoch 10 of 100).
+        lr_milestones: fractions of the steps where the learning rate drops x0.1 (70, 90 of 100).
+        clip: inf-norm gradient clip of the keypoint and background networks.
+        holdout: the last fraction of each video's frames, never trained on.
+        sample_fps: frames read per second of video (None: every frame).
+    """
+
+    model: str = "tiny"
+    size: int = 64
+    steps: int = 2000
+    batch_size: int = 8
+    perceptual: str = "vgg19"
+    vgg19: str = f"models/vgg19/{VGG19_FILE}"
+    perceptual_weights: tuple[float, ...] = PERCEPTUAL_WEIGHTS
+    scales: tuple[float, ...] = SCALES
+    equivariance_weight: float = EQUIVARIANCE_WEIGHT
+    warp_weight: float = WARP_WEIGHT
+    background_weight: float = BACKGROUND_WEIGHT
+    sigma_affine: float = SIGMA_AFFINE
+    sigma_tps: float = SIGMA_TPS
+    points_tps: int = POINTS_TPS
+    dropout_start_p: float = 0.1
+    dropout_max_p: float = 0.3
+    dropout_ramp: float = 0.1
+    dropout_until: float = 0.35
+    background_from: float = 0.1
+    learning_rate: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lr_milestones: tuple[float, ...] = (0.7, 0.9)
+    clip: float = 10.0
+    holdout: float = 0.0
+    sample_fps: float = 0.0
+    seed: int = 0
+    save_every: int = 500
+    keep: int = 2
+    log_every: int = 50
+
+    def __post_init__(self):
+        if self.model not in PRESETS:
+            raise ValueError(f"model: expected one of {', '.join(PRESETS)}, got {self.model!r}")
+        if self.perceptual not in PERCEPTUAL:
+            raise ValueError(f"perceptual: expected one of {PERCEPTUAL}, got {self.perceptual!r}")
+        for name in ("steps", "batch_size", "keep", "log_every", "size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"holdout: expected a fraction in [0, 1), got {self.holdout}")
+
+    def model_config(self) -> TPSMMConfig:
+        return PRESETS[self.model]()
+
+    def dropout_p(self, step: int) -> float:
+        """TPS dropout probability at ``step`` (0 once ``dropout_until`` of the steps are done)."""
+        progress = step / self.steps
+        if progress >= self.dropout_until or self.dropout_max_p <= 0:
+            return 0.0
+        ramp = progress / self.dropout_ramp if self.dropout_ramp > 0 else 1.0
+        return min(ramp * self.dropout_max_p + self.dropout_start_p, self.dropout_max_p)
+
+    def lr(self, step: int) -> float:
+        return self.learning_rate * 0.1 ** sum(step >= m * self.steps for m in self.lr_milestones)
+
+
+def video_paths(path: str | os.PathLike) -> list[Path]:
+    """One video file, or the video files of a folder (sorted by name)."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+        if not found:
+            raise FileNotFoundError(f"{path}: no video files ({', '.join(VIDEO_SUFFIXES)})")
+        return found
+    if not path.is_file():
+        raise FileNotFoundError(f"video not found: {path}")
+    return [path]
+
+
+def square_frame(rgb, size: int) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(3, size, size)`` uint8: centre square crop, anti-aliased resize."""
+    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    height, width = image.shape[2:]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    image = image[:, :, top:top + side, left:left + side]
+    if side != size:
+        image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return image[0].round().clamp(0, 255).to(torch.uint8)
+
+
+class VideoFrames:
+    """The frames of some videos at the training size, split into training and held-out parts.
+
+    Each video is decoded streamed (one frame at a time) and only its resized copy is kept.
+
+    Attributes:
+        videos: one ``(T, 3, size, size)`` uint8 tensor per video.
+        train_counts: frames of each video that training draws from (the first ones).
+    """
+
+    def __init__(self, videos: list[torch.Tensor], holdout: float = 0.0, names: list[str] | None = None):
+        self.videos, self.names = videos, names or [str(i) for i in range(len(videos))]
+        self.train_counts = [len(v) - int(round(holdout * len(v))) for v in videos]
+        for name, count, video in zip(self.names, self.train_counts, videos):
+            if count < 2:
+                raise ValueError(f"{name}: {len(video)} frames leave {count} to train on (need 2)")
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, size: int, holdout: float = 0.0, sample_fps: float | None = None) -> "VideoFrames":
+        videos, names = [], []
+        for file in video_paths(path):
+            frames = [square_frame(frame.rgb, size) for frame in sample_frames(file, sample_fps or None)]
+            if not frames:
+                raise ValueError(f"{file}: no frames decoded")
+            videos.append(torch.stack(frames))
+            names.append(str(file))
+        return cls(videos, holdout, names)
+
+    def held_out(self, index: int = 0) -> torch.Tensor:
+        """``(T', 3, size, size)`` float in [0, 1]: the held-out frames of video ``index``."""
+        return self.videos[index][self.train_counts[index]:].float() / 255
+
+    def pairs(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batch`` (source, driving) pairs ``(B, 3, S, S)`` in [0, 1]: a random video, two
+        frames of its training part drawn with replacement, the earlier one the source."""
+        sources, drivings = [], []
+        for _ in range(batch):
+            video = int(torch.randint(len(self.videos), (1,), generator=generator))
+            first, second = torch.randint(self.train_counts[video], (2,), generator=generator).sort().values.tolist()
+            sources.append(self.videos[video][first])
+            drivings.append(self.videos[video][second])
+        return torch.stack(sources).float() / 255, torch.stack(drivings).float() / 255
+
+
+@dataclass
+class AnimationTrainResult:
+    out: Path
+    step: int
+    interrupted: bool
+    rows: list[dict]
+    seconds: float
+
+
+class AnimationTrainer:
+    """The TPSMM model, its optimiser, the losses and the run folder's checkpoints."""
+
+    def __init__(self, config: AnimationTrainConfig, data: VideoFrames, out: str | os.PathLike,
+                 show_progress: bool = True):
+        self.config, self.data, self.out, self.show_progress = config, data, Path(out), show_progress
+        if config.perceptual == "vgg19":
+            # VGG-19 pools 4 times before relu5_1: a pyramid level under 16 px has no relu5_1.
+            scales = tuple(s for s in config.scales if config.size * s >= VGG_MIN_SIZE)
+            if len(scales) < len(config.scales):
+                print(f"note: perceptual loss at {config.size} px: pyramid scales {scales} (levels under "
+                      f"{VGG_MIN_SIZE} px dropped: VGG-19 cannot reach relu5_1 there)", file=sys.stderr)
+            if not scales:
+                raise ValueError(f"size {config.size}: no pyramid scale of {config.scales} is >= {VGG_MIN_SIZE} px")
+            self.reconstruction = PerceptualPyramidLoss(load_vgg19(config.vgg19), config.perceptual_weights, scales)
+        else:
+            self.reconstruction = L1Pyramid(sum(config.perceptual_weights) / len(config.perceptual_weights),
+                                            config.scales)
+        torch.manual_seed(config.seed)  # the initial weights
+        self.model = TPSMM(config.model_config())
+        self.model.check_frame_size(config.size, config.size)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), config.learning_rate,
+                                          betas=(config.beta1, config.beta2))
+        self.checkpoints = Checkpoints(self.out, config.keep)
+        self.step = 0
+
+    def losses(self, source: torch.Tensor, driving: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        """The weighted loss terms of one batch at ``step`` (random draws derived from the step)."""
+        config, model = self.config, self.model
+        kp_source, kp_driving = model.kp_detector(source), model.kp_detector(driving)
+        use_background = model.bg_predictor is not None and step >= config.background_from * config.steps
+        bg_param = model.bg_predictor(source, driving) if use_background else None
+        motion = model.dense_motion_network(source, kp_driving, kp_source, bg_param, config.dropout_p(step),
+                                            derived_generator(config.seed, "tpsmm-dropout", step))
+        generated = model.inpainting_network(source, motion, warped_features=config.warp_weight > 0)
+        terms = {"perceptual": self.reconstruction(generated.prediction, driving)}
+        if config.equivariance_weight > 0:
+            transform = RandomTPS(driving.shape[0], config.sigma_affine, config.sigma_tps, config.points_tps,
+                                  derived_generator(config.seed, "tpsmm-equivariance", step))
+            terms["equivariance"] = config.equivariance_weight * equivariance_loss(
+                model.kp_detector, driving, kp_driving, transform)
+        if config.warp_weight > 0:
+            targets = driving_encoder_maps(model.inpainting_network, driving, motion.occlusion_maps)
+            terms["warp"] = config.warp_weight * warp_loss(targets, generated.warped_features)
+        if use_background and config.background_weight > 0:
+            terms["background"] = config.background_weight * background_loss(
+                bg_param, model.bg_predictor(driving, source))
+        terms["l1"] = (generated.prediction - driving).abs().mean().detach()  # monitored, not optimised
+        return terms
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pairs of ``step`` (a function of the seed and the step alone)."""
+        return self.data.pairs(self.config.batch_size, derived_generator(self.config.seed, "tpsmm-pairs", step))
+
+    def train_step(self) -> dict:
+        config = self.config
+        source, driving = self.batch(self.step)
+        self.model.train()
+        with DeferInterrupt():
+            for group in self.optimizer.param_groups:
+                group["lr"] = config.lr(self.step)
+            terms = self.losses(source, driving, self.step)
+            loss = sum(value for name, value in terms.items() if name != "l1")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for network in (self.model.kp_detector, self.model.bg_predictor):
+                if network is not None and config.clip > 0:
+                    torch.nn.utils.clip_grad_norm_(network.parameters(), config.clip, norm_type=float("inf"))
+            self.optimizer.step()
+            self.step += 1
+        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+
+    def state(self, interrupted: bool = False) -> dict:
+        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": rng_state(), "config": json.loads(json.dumps(dataclasses.asdict(self.config))),
+                "interrupted": interrupted}
+
+    def save_checkpoint(self, interrupted: bool = False) -> Path:
+        return self.checkpoints.save(self.step, self.state(interrupted))
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = self.checkpoints.load(path, STATE_KEYS, "a TPSMM trainer state (expected a dict with the model, "
+                                      "the optimiser and the RNG state)")
+        for key in ("model", "size"):
+            if state["config"][key] != getattr(self.config, key):
+                raise ValueError(f"{path}: trained with {key}={state['config'][key]!r}; this run has "
+                                 f"{getattr(self.config, key)!r}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    def run(self, resume: str | os.PathLike | None = "auto") -> AnimationTrainResult:
+        """Train to ``config.steps`` (from the checkpoint ``resume`` names, if any; ``"auto"``:
+        this run folder's latest) and save a final checkpoint."""
+        checkpoint = self.checkpoints.find(resume)
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
+        write_run_config(self.out, json.dumps(dataclasses.asdict(self.config), indent=1), "config.json")
+        log = MetricsLog(self.out, self.step, True)
+        bar = progress_bar(self.config.steps, "TPSMM", self.show_progress, leave=True, unit="step", initial=self.step)
+        started, interrupted, sums = time.perf_counter(), False, {}
+        try:
+            while self.step < self.config.steps:
+                losses = self.train_step()
+                sums = {k: sums.get(k, 0.0) + v for k, v in losses.items()}
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses['loss']:.3f}", l1=f"{losses['l1']:.4f}")
+                if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+                    count = self.step % self.config.log_every or self.config.log_every
+                    log.add({"step": self.step, **{k: v / count for k, v in sums.items()}})
+                    sums = {}
+                if self.step % self.config.save_every == 0:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            interrupted = True
+            print(f"\ninterrupted: saving the state after step {self.step} ...", file=sys.stderr)
+        finally:
+            bar.close()
+        saved = self.save_checkpoint(interrupted=interrupted)
+        log.close()
+        seconds = time.perf_counter() - started
+        if self.show_progress:
+            print(f"TPSMM: {'stopped' if interrupted else 'done'} at step {self.step} in {seconds:.0f} s; "
+                  f"checkpoint {saved}", file=sys.stderr)
+        return AnimationTrainResult(self.out, self.step, interrupted, log.rows, seconds)
+
+
+def load_model(checkpoint: str | os.PathLike) -> TPSMM:
+    """The model of a checkpoint folder (or a run folder: its latest), in eval mode."""
+    checkpoints = Checkpoints(checkpoint, keep=1)
+    state = checkpoints.load(checkpoints.find(checkpoint), STATE_KEYS, "a TPSMM trainer state")
+    model = TPSMM(PRESETS[state["config"]["model"]]())
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def reconstruction_l1(model: TPSMM, frames: torch.Tensor, use_background: bool | None = None) -> dict[str, float]:
+    """The video-reconstruction protocol on ``frames`` ``(T, 3, H, W)`` in [0, 1]: frame 0 is
+    the source, each later frame drives (standard mode) and is compared with the output.
+
+    Returns:
+        ``model``: mean L1 of the outputs against the driving frames (frames 1..T-1);
+        ``static``: the same for the source itself ("nothing moves").
+    """
+    if len(frames) < 2:
+        raise ValueError(f"reconstruction: need >= 2 frames, got {len(frames)}")
+    model = model.eval()
+    if use_background is None:
+        use_background = model.bg_predictor is not None
+    source, driving = frames[:1], frames[1:]
+    errors = [float((out[0] - target).abs().mean())
+              for out, target in zip(animate(source, driving, model, mode="standard", use_background=use_background),
+                                     driving)]
+    static = float((driving - source).abs().mean())
+    return {"model": sum(errors) / len(errors), "static": static, "frames": len(errors)}
+
+
+_SCALARS = {"int": int, "float": float, "str": str}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m motionnft.animation.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--video", required=True, help="a video file or a folder of videos")
+    parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv, config.json)")
+    parser.add_argument("--resume", default="auto", help="'auto', 'none', a run folder or a checkpoint folder")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    for field in dataclasses.fields(AnimationTrainConfig):
+        if field.type in _SCALARS:
+            parser.add_argument(f"--{field.name.replace('_', '-')}", type=_SCALARS[field.type], default=field.default)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> AnimationTrainResult:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = {f.name for f in dataclasses.fields(AnimationTrainConfig)}
+    config = AnimationTrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    data = VideoFrames.read(args.video, config.size, config.holdout, config.sample_fps or None)
+    resume = None if args.resume == "none" else args.resume
+    result = AnimationTrainer(config, data, args.out).run(resume)
+    if config.holdout > 0:
+        print(f"held-out reconstruction L1 (video 0): {reconstruction_l1(load_model(args.out), data.held_out(0))}",
+              file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()

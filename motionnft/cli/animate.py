@@ -1,0 +1,118 @@
+"""``motionnft animate``: move a source image as a driving video moves (Thin-Plate Spline Motion Model).
+
+Streaming: the driving video is decoded one frame at a time, each animated frame is encoded as soon
+as it is made, so memory does not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi")
+
+
+def add_animate(commands) -> None:
+    from ..animation import MODES
+
+    animate = commands.add_parser(
+        "animate", help="animate an image with a driving video (Thin-Plate Spline Motion Model)",
+        description="Move IMAGE as the driving VIDEO moves, with a TPSMM checkpoint (Zhao & Zhang, CVPR 2022; "
+        "the official vox/taichi/ted/mgif .pth.tar, MIT licence, or their .safetensors). The output video has "
+        "one frame per driving frame, at the driving video's frame rate, square at the model's size.",
+    )
+    animate.add_argument("--image", type=Path, required=True, help="the source image to animate")
+    animate.add_argument("--video", type=Path, required=True, help="the driving video")
+    animate.add_argument("--model", type=Path, required=True,
+                         help="TPSMM weights: an official checkpoint (vox.pth.tar ...) or its .safetensors")
+    animate.add_argument("--mode", choices=MODES, default="relative",
+                         help="relative (default): the source keeps its shape and moves as the video moves from "
+                         "its first frame; standard: the source takes each frame's absolute pose; avd: the AVD "
+                         "network retargets the pose (checkpoints trained with it only)")
+    animate.add_argument("--no-adapt-scale", action="store_true",
+                         help="relative mode: do not scale the motion by the keypoint hulls' size ratio")
+    animate.add_argument("--background", action="store_true",
+                         help="also predict the background motion (the official demo does not)")
+    animate.add_argument("--size", type=int, default=None,
+                         help="square working and output size in pixels (default: the model's training size, "
+                         "256; ted 384)")
+    animate.add_argument("--fps", type=float, default=None, help="output frame rate (default: the driving video's)")
+    animate.add_argument("--device", default=None, help="e.g. cuda or cuda:1 (default: cuda if available, else cpu)")
+    animate.add_argument("--out", type=Path, required=True, help="the animated video (.mp4, .mkv, .mov, .webm)")
+    animate.add_argument("--quiet", action="store_true", help="no progress bar")
+    animate.set_defaults(handler=command_animate, output_files=("out",), input_files=("image", "video", "model"))
+
+
+def command_animate(args) -> int:
+    import torch
+
+    from ..animation import LICENCE, animate, load_official_checkpoint
+    from ..animation.frames import DrivingVideo, fit_source, working_size
+    from ..image import load_image
+    from ..video import write_video
+
+    if args.out.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"--out {args.out}: unknown video suffix {args.out.suffix!r}; use one of "
+                         f"{', '.join(VIDEO_SUFFIXES)}")
+    if args.fps is not None and not args.fps > 0:
+        raise ValueError(f"--fps must be > 0, got {args.fps:g}")
+    try:
+        source = load_image(args.image)
+    except (OSError, ValueError) as error:
+        raise type(error)(f"--image {error}") from None
+    try:
+        driving = DrivingVideo.open(args.video)
+    except (OSError, ValueError) as error:
+        raise type(error)(f"--video {error}") from None
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        model = load_official_checkpoint(args.model, device=device)
+    except (OSError, ValueError, KeyError) as error:
+        raise type(error)(f"--model {error}") from None
+    if args.mode == "avd" and model.avd_network is None:
+        raise ValueError(f"--mode avd needs a model with an AVD network; {args.model} has none (use relative)")
+    if args.background and model.bg_predictor is None:
+        raise ValueError(f"--background: {args.model} has no background predictor (mgif has none)")
+    try:
+        size = working_size(model, args.size)
+    except ValueError as error:
+        raise ValueError(f"--{error}") from None
+    start = fit_source(source, size).to(device)
+    fps = args.fps or driving.fps
+    print(f"TPSMM {args.model} (licence: {LICENCE}); {args.mode} mode, {size}x{size} on {device}")
+    counted = _Counter()
+    frames = animate(start, driving.frames(), model, mode=args.mode, adapt_movement_scale=not args.no_adapt_scale,
+                     use_background=args.background, progress=_progress(args, driving.frame_count, counted),
+                     total=driving.frame_count)
+    try:
+        write_video(args.out, (frame.cpu() for frame in frames), fps)
+    except ValueError:
+        if counted.done == 0:  # nothing decoded: the driving video's fault, not the output's
+            raise ValueError(f"--video {args.video}: no frame could be decoded") from None
+        raise
+    finally:
+        if counted.bar is not None:
+            counted.bar.close()
+    print(f"{args.out}: {counted.done} frames at {fps:g} fps, {args.image} driven by {args.video}")
+    return 0
+
+
+class _Counter:
+    done = 0
+    bar = None
+
+
+def _progress(args, total: int, counted: _Counter):
+    """A ``progress(done, total)`` that counts frames and draws a tqdm bar (none with --quiet)."""
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = counted.bar = tqdm(total=total or None, desc="animate", unit="frame", file=sys.stderr, leave=False)
+
+    def update(done: int, of: int) -> None:
+        counted.done = done
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    return update
