@@ -58,35 +58,9 @@ def flow_inputs() -> list:
     ]
 
 
-def register_flow_folder() -> None:
-    """Register ``models/optical_flow`` with ComfyUI and with the library's weight search.
-
-    Merges into ``folder_paths.folder_names_and_paths``: an ``optical_flow`` entry that
-    ``extra_model_paths.yaml`` already made keeps its folders (first) and extensions.
-    """
-    default = os.path.join(folder_paths.models_dir, FLOW_FOLDER)
-    supported = set(folder_paths.supported_pt_extensions)
-    existing = folder_paths.folder_names_and_paths.get(FLOW_FOLDER)
-    if existing is None:
-        paths, extensions = [default], supported
-    else:
-        paths, extensions = list(existing[0]), set(existing[1])
-        if default not in paths:
-            paths.append(default)
-        if extensions:  # an empty set means "any file" to ComfyUI: keep it so
-            extensions |= supported
-    folder_paths.folder_names_and_paths[FLOW_FOLDER] = (paths, extensions)
-    add_weight_folders(_flow_folders)
-
-
-def _flow_folders() -> list[str]:
-    return folder_paths.get_folder_paths(FLOW_FOLDER)
-
-
 def register_model_folder(name: str) -> None:
-    """Register ``models/<name>`` with ComfyUI, merged into ``folder_paths.folder_names_and_paths``
-    as :func:`register_flow_folder` does: an entry ``extra_model_paths.yaml`` already made keeps
-    its folders (first) and extensions."""
+    """Register ``models/<name>`` with ComfyUI, merged into ``folder_paths.folder_names_and_paths``:
+    an entry that ``extra_model_paths.yaml`` already made keeps its folders (first) and extensions."""
     default = os.path.join(folder_paths.models_dir, name)
     supported = set(folder_paths.supported_pt_extensions)
     existing = folder_paths.folder_names_and_paths.get(name)
@@ -99,6 +73,17 @@ def register_model_folder(name: str) -> None:
         if extensions:  # an empty set means "any file" to ComfyUI: keep it so
             extensions |= supported
     folder_paths.folder_names_and_paths[name] = (paths, extensions)
+
+
+def register_flow_folder() -> None:
+    """Register ``models/optical_flow`` with ComfyUI (:func:`register_model_folder`) and with the
+    library's weight search."""
+    register_model_folder(FLOW_FOLDER)
+    add_weight_folders(_flow_folders)
+
+
+def _flow_folders() -> list[str]:
+    return folder_paths.get_folder_paths(FLOW_FOLDER)
 
 
 def model_folder_listing(name: str) -> str:
