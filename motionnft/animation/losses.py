@@ -104,8 +104,9 @@ def load_vgg19(path: str | os.PathLike | None) -> VGG19Features:
     if path is None or not Path(path).is_file():
         raise FileNotFoundError(
             f"perceptual loss: VGG-19 weights not found at {path!s} - expected torchvision's ImageNet VGG-19 "
-            f"file {VGG19_FILE} (keys features.N.weight/bias) at that path (set vgg19=PATH; nothing is "
-            "downloaded), or use perceptual='l1_pyramid' (a weight-free stand-in, not the paper's loss)")
+            f"file {VGG19_FILE} (keys features.N.weight/bias) at that path (--vgg19 PATH, or vgg19=PATH in the "
+            "config; nothing is downloaded), or use --perceptual l1_pyramid (a weight-free stand-in, not the "
+            "paper's loss)")
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
