@@ -9,20 +9,12 @@ import torch
 
 import motionnft.cli as cli
 from motionnft.animation import NETWORKS, TPSMM, TPSMMConfig, save_converted
-from motionnft.cli.animate import add_animate
 from motionnft.image import save_image
 from motionnft.video import probe_video, sample_frames, write_video
 
 FRAMES = 7
 FPS = 10.0
 CLIP = (48, 64)  # (H, W): not square, and not the model's size
-
-
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    """The command in the parser (whether or not cli/__init__.py lists it yet)."""
-    if add_animate not in cli._COMMANDS:
-        monkeypatch.setattr(cli, "_COMMANDS", cli._COMMANDS + (add_animate,))
 
 
 def run(argv) -> int:
@@ -117,3 +109,21 @@ def test_bad_inputs_exit_2_naming_the_input(files, tmp_path, capsys):
     assert run(missing_model) == 2
     assert "none.safetensors" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_train_animation_writes_a_model_that_animate_and_eval_animation_read(tmp_path, capsys):
+    from mining_clips import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", "subject", seconds=2.0)
+    folder = tmp_path / "run"
+    assert run(["train-animation", "--video", str(clip), "--out", str(folder), "--steps", "2", "--batch-size", "2",
+                 "--size", "64", "--perceptual", "l1_pyramid", "--holdout", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert (folder / "tpsmm.safetensors").is_file()
+    assert "held-out reconstruction L1" in out and "static source" in out
+    assert run(["eval-animation", "--model", str(folder / "tpsmm.safetensors"), "--video", str(clip), "--size", "64",
+                 "--skip", "0.7"]) == 0
+    out = capsys.readouterr().out
+    assert "clip.mp4: L1" in out and "AKD/MKR/AED: not computed" in out
+    assert run(["eval-animation", "--model", str(folder / "tpsmm.safetensors"), "--video", str(clip),
+                 "--skip", "1.5"]) == 2

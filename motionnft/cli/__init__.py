@@ -1,5 +1,5 @@
 """The ``motionnft`` command line: ``flow``, ``reward``, ``demo``, ``backends``, ``eval``, ``judge``, ``lora``,
-``mine``, ``train``, ``data synthetic``, ``edit``, ``guide``, ``drag``, ``train-drag`` and ``animate``.
+``mine``, ``train``, ``data synthetic``, ``edit``, ``guide``, ``drag``, ``train-drag``, ``animate``, ``train-animation`` and ``eval-animation``.
 
 One module per command family, each with ``add_<command>(commands)`` (its argparse parser) and
 ``command_<command>(args)`` (what it runs); :mod:`.options` holds the options several share.
@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from .. import __version__
-from .animate import add_animate
+from .animate import add_animate, add_eval_animation, add_train_animation
 from .data import add_data
 from .edit import add_edit
 from .evaluate import add_eval, add_judge
@@ -28,7 +28,8 @@ __all__ = ["build_parser", "main"]
 
 # The order of the listing in 'motionnft --help'.
 _COMMANDS = (add_flow, add_reward, add_demo, add_eval, add_judge, add_lora, add_mine, add_train, add_data, add_edit,
-             add_guide, add_drag, add_train_drag, add_animate, add_backends)
+             add_guide, add_drag, add_train_drag, add_animate, add_train_animation, add_eval_animation,
+             add_backends)
 
 
 def build_parser() -> argparse.ArgumentParser:
