@@ -28,17 +28,15 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..training.checkpoints import Checkpoints, write_run_config
+from ..training.checkpoints import Checkpoints
 from ..training.interrupt import DeferInterrupt
-from ..training.metrics import MetricsLog
-from ..training.progress import progress_bar
+from ..training.stepping import StepRunResult, run_steps
 from ..training.seeding import derived_generator, rng_state, set_rng_state
 from ..video import sample_frames
 from .animate import animate
@@ -203,13 +201,7 @@ class VideoFrames:
         return torch.stack(sources).float() / 255, torch.stack(drivings).float() / 255
 
 
-@dataclass
-class AnimationTrainResult:
-    out: Path
-    step: int
-    interrupted: bool
-    rows: list[dict]
-    seconds: float
+AnimationTrainResult = StepRunResult  # what a run returns (a name kept for callers)
 
 
 class AnimationTrainer:
@@ -306,38 +298,8 @@ class AnimationTrainer:
 
     def run(self, resume: str | os.PathLike | None = "auto") -> AnimationTrainResult:
         """Train to ``config.steps`` (from the checkpoint ``resume`` names, if any; ``"auto"``:
-        this run folder's latest) and save a final checkpoint."""
-        checkpoint = self.checkpoints.find(resume)
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
-        write_run_config(self.out, json.dumps(dataclasses.asdict(self.config), indent=1), "config.json")
-        log = MetricsLog(self.out, self.step, True)
-        bar = progress_bar(self.config.steps, "TPSMM", self.show_progress, leave=True, unit="step", initial=self.step)
-        started, interrupted, sums = time.perf_counter(), False, {}
-        try:
-            while self.step < self.config.steps:
-                losses = self.train_step()
-                sums = {k: sums.get(k, 0.0) + v for k, v in losses.items()}
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses['loss']:.3f}", l1=f"{losses['l1']:.4f}")
-                if self.step % self.config.log_every == 0 or self.step == self.config.steps:
-                    count = self.step % self.config.log_every or self.config.log_every
-                    log.add({"step": self.step, **{k: v / count for k, v in sums.items()}})
-                    sums = {}
-                if self.step % self.config.save_every == 0:
-                    self.save_checkpoint()
-        except KeyboardInterrupt:
-            interrupted = True
-            print(f"\ninterrupted: saving the state after step {self.step} ...", file=sys.stderr)
-        finally:
-            bar.close()
-        saved = self.save_checkpoint(interrupted=interrupted)
-        log.close()
-        seconds = time.perf_counter() - started
-        if self.show_progress:
-            print(f"TPSMM: {'stopped' if interrupted else 'done'} at step {self.step} in {seconds:.0f} s; "
-                  f"checkpoint {saved}", file=sys.stderr)
-        return AnimationTrainResult(self.out, self.step, interrupted, log.rows, seconds)
+        this run folder's latest) and save a final checkpoint (:func:`~motionnft.training.stepping.run_steps`)."""
+        return run_steps(self, "TPSMM", ("loss", "l1"), resume)
 
 
 def load_model(checkpoint: str | os.PathLike) -> TPSMM:

@@ -18,17 +18,14 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..training.checkpoints import Checkpoints, write_run_config
+from ..training.checkpoints import Checkpoints
 from ..training.interrupt import DeferInterrupt
-from ..training.metrics import MetricsLog
-from ..training.progress import progress_bar
+from ..training.stepping import StepRunResult, run_steps
 from ..training.seeding import derived_generator, rng_state, set_rng_state
 from .flow_data import FlowBatch, FlowPairFolder, figure_scenes
 from .flowgen import FlowGen, FlowGenConfig, PatchDiscriminator
@@ -111,13 +108,7 @@ def make_batch(pairs: FlowBatch, config: FlowGenTrainConfig, generator: torch.Ge
     return TrainingBatch(pairs.images[drags.source], drags.sparse, flows, weights)
 
 
-@dataclass
-class FlowGenTrainResult:
-    out: Path
-    step: int
-    interrupted: bool
-    rows: list[dict]
-    seconds: float
+FlowGenTrainResult = StepRunResult  # what a run returns (a name kept for callers)
 
 
 class FlowGenTrainer:
@@ -188,39 +179,8 @@ class FlowGenTrainer:
 
     def run(self, resume: str | os.PathLike | None = "auto") -> FlowGenTrainResult:
         """Train to ``config.steps`` (from the checkpoint ``resume`` names, if any; ``"auto"``:
-        this run folder's latest) and save a final checkpoint."""
-        checkpoint = self.checkpoints.find(resume)
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
-        write_run_config(self.out, json.dumps(dataclasses.asdict(self.config), indent=1), "config.json")
-        log = MetricsLog(self.out, self.step, True)
-        bar = progress_bar(self.config.steps, "FlowGen", self.show_progress, leave=True, unit="step",
-                           initial=self.step)
-        started, interrupted, sums = time.perf_counter(), False, {}
-        try:
-            while self.step < self.config.steps:
-                losses = self.train_step()
-                sums = {k: sums.get(k, 0.0) + v for k, v in losses.items()}
-                bar.update(1)
-                bar.set_postfix(l1=f"{losses['l1']:.4f}", d=f"{losses['loss_d']:.3f}")
-                if self.step % self.config.log_every == 0 or self.step == self.config.steps:
-                    count = self.step % self.config.log_every or self.config.log_every
-                    log.add({"step": self.step, **{k: v / count for k, v in sums.items()}})
-                    sums = {}
-                if self.step % self.config.save_every == 0:
-                    self.save_checkpoint()
-        except KeyboardInterrupt:
-            interrupted = True
-            print(f"\ninterrupted: saving the state after step {self.step} ...", file=sys.stderr)
-        finally:
-            bar.close()
-        saved = self.save_checkpoint(interrupted=interrupted)
-        log.close()
-        seconds = time.perf_counter() - started
-        if self.show_progress:
-            print(f"FlowGen: {'stopped' if interrupted else 'done'} at step {self.step} in {seconds:.0f} s; "
-                  f"checkpoint {saved}", file=sys.stderr)
-        return FlowGenTrainResult(self.out, self.step, interrupted, log.rows, seconds)
+        this run folder's latest) and save a final checkpoint (:func:`~motionnft.training.stepping.run_steps`)."""
+        return run_steps(self, "FlowGen", ("l1", "loss_d"), resume)
 
 
 def load_generator(checkpoint: str | os.PathLike) -> FlowGen:
