@@ -354,6 +354,36 @@ WORKFLOWS.append(
 
 WORKFLOWS.append(
     Workflow(
+        file="animate_image.json",
+        note=(
+            "Animate a still image with a driving video (Thin-Plate Spline Motion Model, Zhao & Zhang, CVPR 2022).\n\n"
+            "Animate Image moves the source as the video moves: relative mode (default) keeps the source's own "
+            "shape and applies the video's motion from its first frame. The video is decoded one frame at a time, "
+            "so long clips fit in memory; Create Video + Save Video write the result at the clip's frame rate.\n\n"
+            "Model files: models/motionnft_animation/vox.pth.tar (the official TPSMM VoxCeleb checkpoint, MIT "
+            "licence; taichi / ted / mgif for bodies, TED talks, cartoons), or a model from motionnft "
+            "train-animation (RUN/tpsmm.safetensors; set size to its training size). Example inputs: copy "
+            "workflows/images/motionnft_example_input.png and workflows/videos/motionnft_talking_head.mp4 (the "
+            "TPSMM release's driving clip, MIT) from the MotionNFT pack into ComfyUI/input; a face photo works best "
+            "with vox."
+        ),
+        nodes=[
+            Node(1, "LoadImage", (0, 0), {"image": "motionnft_example_input.png"}, "source image"),
+            Node(2, "LoadVideo", (0, 380), {"file": "motionnft_talking_head.mp4"}, "driving video", size=(340, 420)),
+            Node(3, "MotionNFT_AnimateImage", (380, 0), {"model": "vox.pth.tar", "mode": "relative"}, size=(360, 420)),
+            Node(4, "CreateVideo", (780, 0), {"fps": 25.0}),
+            Node(5, "SaveVideo", (1080, 0), {"filename_prefix": "motionnft/animated"}, size=(420, 460)),
+        ],
+        links=[
+            (1, "IMAGE", 3, "source"), (2, "VIDEO", 3, "driving_video"), (3, "frames", 4, "images"),
+            (4, "VIDEO", 5, "video"),
+        ],
+    )
+)
+
+
+WORKFLOWS.append(
+    Workflow(
         file="mine_pairs_from_video.json",
         note=(
             "Mine motion-edit training pairs from a video into a dataset folder.\n\n"

@@ -19,7 +19,10 @@ MODEL_FOLDERS = {
     "LoraLoaderModelOnly": "loras",
     "MotionNFT_LoadLoraKontext": "loras",
     "MotionNFT_LoadLoraQwenImageEdit": "loras",
+    "MotionNFT_AnimateImage": "motionnft_animation",
 }
+# Loaders whose file widget is not named *_name.
+MODEL_WIDGETS = {"MotionNFT_AnimateImage": "model"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "upload")
 MUTED, BYPASSED = 2, 4
@@ -158,7 +161,8 @@ def model_files(workflow: dict, object_info: dict) -> dict[str, list[str]]:
         for name, kind, config in input_order(info):
             if not is_widget(kind, config):
                 continue
-            if position < len(values) and name.endswith(("_name", "_name1", "_name2")) and combo_options(kind, config) is not None:
+            named = name.endswith(("_name", "_name1", "_name2")) or name == MODEL_WIDGETS.get(node["type"])
+            if position < len(values) and named and combo_options(kind, config) is not None:
                 loaders.setdefault(node["type"], []).append(values[position])
             position += widget_slots(kind, config, name)
     return loaders
