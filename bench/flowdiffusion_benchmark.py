@@ -10,7 +10,7 @@ gets the source and the true flow:
 - ``source``: the image unchanged (follows no flow);
 - ``forward warp``: the source splatted along the flow (``flow.splat_forward``), holes filled
   with the source: what moving pixels without any model gives;
-- ``FlowDiffusion``: the tiny model, 20 DDIM steps, s_img = s_flow = 1.5 (the paper's defaults);
+- ``FlowDiffusion``: the tiny model (v-prediction by default, ``--prediction-type``), 20 DDIM steps, s_img = s_flow = 1.5 (the paper's defaults);
   also with no guidance (1/1) and with a zero flow (does it use the flow at all?);
 - oracles: the true target, and the true target through the codec (the best a model on
   this codec can reach).
@@ -57,6 +57,9 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--prediction-type", default="v_prediction", choices=("epsilon", "v_prediction"),
+                        help="the tiny model's output (default v_prediction: ε-prediction does not learn at this "
+                             "scale, see docs/drag.md)")
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--out", default="runs/flowdiffusion-benchmark")
     parser.add_argument("--checkpoint", help="evaluate this checkpoint (or run folder) instead of training")
@@ -117,7 +120,7 @@ def main(argv=None) -> str:
 
     cv2.setNumThreads(args.threads)
     config = FlowDiffusionTrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                                      seed=args.seed, save_every=500)
+                                      prediction_type=args.prediction_type, seed=args.seed, save_every=500)
     codec = PooledRGBCodec(config.codec_factor, config.codec_scale)
     if args.checkpoint:
         model, seconds, trained = load_flowdiffusion(args.checkpoint), None, None
@@ -154,7 +157,7 @@ def main(argv=None) -> str:
             f"training scenes, AdamW {config.learning_rate}, trained in {seconds / 60:.1f} min on {args.threads} "
             f"thread(s)**, final loss {final:.4f}; " if seconds is not None else f"checkpoint {args.checkpoint}; ")
     text = (head + f"model {parameter_count(model) / 1e6:.2f} M parameters, codec `PooledRGBCodec(2, {config.codec_scale})` (64 px -> 32²); "
-            f"{len(heldout)} held-out scenes (seed {args.heldout_seed}); {per_edit:.2f} s per edit on the CPU; "
+            f"{model.prediction_type}; {len(heldout)} held-out scenes (seed {args.heldout_seed}); {per_edit:.2f} s per edit on the CPU; "
             f"evaluation {evaluation:.0f} s.\n\n" + format_table(rows))
     print(text)
     if args.write:

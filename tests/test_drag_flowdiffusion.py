@@ -13,7 +13,7 @@ from motionnft.drag.flowdiffusion_conditioning import PooledRGBCodec, SDVAECodec
 from motionnft.drag.flowdiffusion_data import (EditPairFolder, background_composite, condition_dropout, edit_region,
                                                figure_pairs)
 from motionnft.drag.flowdiffusion_sampling import (combine_guidance, flowdiffusion_edit, guided_noise,
-                                                   make_scheduler)
+                                                   make_scheduler, noise_prediction)
 from motionnft.drag.train_flowdiffusion import (FlowDiffusionTrainConfig, FlowDiffusionTrainer, diffusion_loss,
                                                 load_flowdiffusion, make_batch)
 from motionnft.flow.flo import write_flo
@@ -168,9 +168,11 @@ def test_compositing_keeps_the_target_only_inside_the_edit_region():
     assert edit_region(flows, mask, dilation=1).sum() > region.sum()
 
 
-def test_a_few_steps_lower_the_loss_on_a_fixed_batch(pairs):
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(pairs, prediction_type):
     torch.manual_seed(0)
     model = FlowDiffusion.tiny(sample_size=16)
+    model.prediction_type = prediction_type
     batch = make_batch(pairs.batch(torch.arange(4)), PooledRGBCodec(2), small_config(),
                        torch.Generator().manual_seed(0))
     scheduler = make_scheduler("ddpm")
@@ -246,3 +248,49 @@ def test_a_dataset_folder_with_flow_and_mask_files_feeds_the_trainer(pairs, tmp_
     assert torch.allclose(batch.targets[0], pairs.targets[0].float() / 255, atol=1 / 255)
     trainer = FlowDiffusionTrainer(small_config(steps=1), folder, tmp_path / "run", show_progress=False)
     assert trainer.run(None).step == 1
+
+
+def test_v_prediction_is_converted_to_the_noise_the_guidance_combines():
+    scheduler = make_scheduler("ddpm")
+    clean, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    timesteps = torch.tensor([10, 500, 951])
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    velocity = scheduler.get_velocity(clean, noise, timesteps)
+    assert torch.allclose(noise_prediction(velocity, noisy, timesteps, "v_prediction"), noise, atol=1e-5)
+    assert noise_prediction(velocity, noisy, timesteps, "epsilon") is velocity
+    # the three passes of a v model are converted with the same x_t: guiding v == guiding ε
+    torch.manual_seed(0)
+    model = FlowDiffusion.tiny(sample_size=8).eval()
+    model.prediction_type = "v_prediction"
+    latents, image, flow = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.randn(1, 2, 8, 8)
+    with torch.no_grad():
+        guided = guided_noise(model, latents, torch.tensor(700), image, flow, 1.5, 2.0)
+        outputs = [model(latents, torch.tensor(700), i, f) for i, f in
+                   ((torch.zeros_like(image), torch.zeros_like(flow)), (image, torch.zeros_like(flow)), (image, flow))]
+    expected = noise_prediction(combine_guidance(*outputs, 1.5, 2.0), latents, torch.tensor(700), "v_prediction")
+    assert torch.allclose(guided, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="prediction_type"):
+        FlowDiffusion(model.unet, prediction_type="sample")
+    with pytest.raises(ValueError, match="prediction_type"):
+        small_config(prediction_type="x0")
+
+
+def test_a_v_prediction_run_regresses_v_and_its_checkpoint_keeps_the_setting(pairs, tmp_path):
+    trainer = FlowDiffusionTrainer(small_config(steps=2, prediction_type="v_prediction"), pairs, tmp_path / "v",
+                                   show_progress=False)
+    assert trainer.model.prediction_type == "v_prediction"
+    batch = trainer.batch(0)
+    with torch.no_grad():
+        loss = diffusion_loss(trainer.model, trainer.noise_scheduler, batch)
+        noisy = trainer.noise_scheduler.add_noise(batch.targets, batch.noise, batch.timesteps)
+        output = trainer.model(noisy, batch.timesteps, batch.image_latents * batch.keep_image.view(-1, 1, 1, 1),
+                               batch.flow * batch.keep_flow.view(-1, 1, 1, 1))
+    velocity = trainer.noise_scheduler.get_velocity(batch.targets, batch.noise, batch.timesteps)
+    assert torch.allclose(loss, ((output - velocity) ** 2).mean(), atol=1e-6)
+    trainer.run(None)
+    loaded = load_flowdiffusion(tmp_path / "v")
+    assert loaded.prediction_type == "v_prediction"
+    assert FlowDiffusionTrainConfig().prediction_type == "epsilon"  # the paper's (SD 1.5) default
+    result = flowdiffusion_edit(loaded, make_scheduler("ddim"), pairs.sources[:1].float() / 255, pairs.flows[:1],
+                                codec=PooledRGBCodec(2), steps=2, generator=torch.Generator().manual_seed(0))
+    assert result.shape == (1, 3, 32, 32) and torch.isfinite(result).all()

@@ -188,7 +188,11 @@ def _flowdiffusion(folder: Path):
         raise type(error)(f"--flowdiffusion {folder}: {error}") from None
     settings = _run_settings(folder)
     size = int(settings.get("size", 64))
-    codec = PooledRGBCodec(int(settings.get("codec_factor", 2)))
+    from ..drag.train_flowdiffusion import FlowDiffusionTrainConfig
+
+    trained = FlowDiffusionTrainConfig()  # a run folder without these settings used the defaults
+    codec = PooledRGBCodec(int(settings.get("codec_factor", trained.codec_factor)),
+                           float(settings.get("codec_scale", trained.codec_scale)))
 
     def edit(source, flow, steps: int, seed: int):
         import torch

@@ -31,6 +31,9 @@ LATENT_CHANNELS = 4
 FLOW_CHANNELS = 2
 IN_CHANNELS = 2 * LATENT_CHANNELS + FLOW_CHANNELS
 TEXT_TOKENS = 77  # CLIP's sequence length: the null embedding keeps SD 1.5's shape
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+"""What the UNet's output means: the noise ε (SD 1.5, the paper) or the velocity
+``v = √ᾱ_t ε − √(1−ᾱ_t) x_0`` (the tiny model: see :class:`FlowDiffusion`)."""
 
 
 @dataclass(frozen=True)
@@ -85,13 +88,27 @@ class FlowDiffusion(nn.Module):
     cross-attention output is the constant ``to_out`` bias: a learned embedding would only
     learn that bias again, hence a fixed buffer rather than a parameter.
 
+    ``prediction_type`` says what the UNet outputs: ``"epsilon"`` (SD 1.5 and the paper; the
+    default) or ``"v_prediction"``. Sampling always combines and steps on ε (v is converted,
+    :func:`.flowdiffusion_sampling.noise_prediction`), so the guidance formula and the ε
+    schedulers are the same for both. v-prediction is for models trained from scratch (the
+    tiny one): with ε-prediction, at high noise ``ε ≈ x_t`` already gives a low loss and the
+    estimate of the clean latent divides the ε error by √ᾱ_t (≈ 0.07 at t = 950), so the
+    network never learns to copy the source through its zero-initialised conditioning
+    channels; a v target at high noise is ≈ −x_0 and forces it to.
+
     Args:
         unet: a ``UNet2DConditionModel`` with ``in_channels == 10`` and ``out_channels == 4``.
         null_text: ``(1, 77, D)`` or None (zeros).
+        prediction_type: one of :data:`PREDICTION_TYPES`.
     """
 
-    def __init__(self, unet: UNet2DConditionModel, null_text: torch.Tensor | None = None):
+    def __init__(self, unet: UNet2DConditionModel, null_text: torch.Tensor | None = None,
+                 prediction_type: str = "epsilon"):
         super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type: expected one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+        self.prediction_type = prediction_type
         if unet.config.in_channels != IN_CHANNELS or unet.config.out_channels != LATENT_CHANNELS:
             raise ValueError(f"unet: expected {IN_CHANNELS} input and {LATENT_CHANNELS} output channels, got "
                              f"{unet.config.in_channels} and {unet.config.out_channels} (use from_sd_unet for a "
@@ -111,7 +128,7 @@ class FlowDiffusion(nn.Module):
 
     def forward(self, noisy: torch.Tensor, timestep: torch.Tensor, image_latents: torch.Tensor,
                 flow_condition: torch.Tensor) -> torch.Tensor:
-        """Predicted noise ε ``(B, 4, h, w)``.
+        """The UNet's prediction ``(B, 4, h, w)``: the noise ε, or v for ``prediction_type == "v_prediction"``.
 
         Args:
             noisy: ``(B, 4, h, w)`` the noisy latent at ``timestep``.

@@ -62,14 +62,40 @@ def combine_guidance(eps_uncond: torch.Tensor, eps_image: torch.Tensor, eps_flow
     return eps_uncond + s_img * (eps_image - eps_uncond) + s_flow * (eps_flow - eps_image)
 
 
+_ALPHAS_CUMPROD: torch.Tensor | None = None
+
+
+def noise_prediction(prediction: torch.Tensor, latents: torch.Tensor, timestep: torch.Tensor,
+                     prediction_type: str = "epsilon") -> torch.Tensor:
+    """The noise ε that a model output means, on SD 1.5's schedule.
+
+    ``"epsilon"``: the output itself. ``"v_prediction"``: ``ε = √(1−ᾱ_t) x_t + √ᾱ_t v`` for the
+    variance-preserving latent ``x_t`` (what the UNet reads; Euler's ``scale_model_input`` gives it
+    too). The map is affine in the output with the same ``x_t`` for the three guidance passes and
+    the guidance weights sum to 1, so guiding ε is guiding v.
+    """
+    if prediction_type == "epsilon":
+        return prediction
+    if prediction_type != "v_prediction":
+        raise ValueError(f"prediction_type: expected 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    global _ALPHAS_CUMPROD
+    if _ALPHAS_CUMPROD is None:
+        _ALPHAS_CUMPROD = make_scheduler("ddpm").alphas_cumprod.float()
+    index = torch.as_tensor(timestep).float().round().long().clamp(0, len(_ALPHAS_CUMPROD) - 1).cpu()
+    alpha_bar = _ALPHAS_CUMPROD[index].to(prediction.device).reshape(-1, *([1] * (prediction.ndim - 1)))
+    return (1 - alpha_bar).sqrt() * latents.to(prediction.dtype) + alpha_bar.sqrt() * prediction
+
+
 def guided_noise(model: FlowDiffusion, latents: torch.Tensor, timestep: torch.Tensor, image_latents: torch.Tensor,
                  flow: torch.Tensor, s_img: float, s_flow: float) -> torch.Tensor:
-    """One guided prediction ``(B, 4, h, w)``: the three passes in one batch of ``3B``."""
+    """One guided noise prediction ``(B, 4, h, w)``: the three passes in one batch of ``3B``
+    (a v-prediction model's outputs converted to ε first: :func:`noise_prediction`)."""
     zeros_image, zeros_flow = torch.zeros_like(image_latents), torch.zeros_like(flow)
-    eps = model(latents.repeat(3, 1, 1, 1), timestep,
-                torch.cat((zeros_image, image_latents, image_latents)),
+    batch = latents.repeat(3, 1, 1, 1)
+    eps = model(batch, timestep, torch.cat((zeros_image, image_latents, image_latents)),
                 torch.cat((zeros_flow, zeros_flow, flow)))
-    eps_uncond, eps_image, eps_flow = eps.float().chunk(3)
+    eps = noise_prediction(eps.float(), batch.float(), timestep, getattr(model, "prediction_type", "epsilon"))
+    eps_uncond, eps_image, eps_flow = eps.chunk(3)
     return combine_guidance(eps_uncond, eps_image, eps_flow, s_img, s_flow)
 
 

@@ -21,20 +21,17 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..training.checkpoints import Checkpoints, write_run_config
+from ..training.checkpoints import Checkpoints
 from ..training.interrupt import DeferInterrupt
-from ..training.metrics import MetricsLog
-from ..training.progress import progress_bar
+from ..training.stepping import StepRunResult, run_steps
 from ..training.seeding import derived_generator, rng_state, set_rng_state
-from .flowdiffusion import FlowDiffusion
+from .flowdiffusion import PREDICTION_TYPES, FlowDiffusion
 from .flowdiffusion_conditioning import Codec, PooledRGBCodec, encode_images, flow_condition
 from .flowdiffusion_data import (FLOW_DROPOUT, IMAGE_DROPOUT, EditPairFolder, EditPairs, background_composite,
                                  condition_dropout, edit_region, figure_pairs)
@@ -56,6 +53,9 @@ class FlowDiffusionTrainConfig:
         steps, batch_size: optimiser steps and pairs per step.
         learning_rate, weight_decay, max_grad_norm: AdamW and gradient clipping.
         lora_rank: 0 trains every weight; > 0 trains only a LoRA of this rank (alpha = rank).
+        prediction_type: the UNet's output, ``"epsilon"`` (SD 1.5, the paper) or ``"v_prediction"``
+            (for the tiny model trained from scratch: see :class:`.flowdiffusion.FlowDiffusion`).
+            Set on the model by the trainer and saved with the checkpoint.
         image_dropout, flow_dropout: condition dropout rates (paper: 5 % and 10 %).
         composite: replace each target's background by the source's (paper: yes).
         dilation, motion_threshold: the composite's edit region (pixels; see ``edit_region``).
@@ -71,6 +71,7 @@ class FlowDiffusionTrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     lora_rank: int = 0
+    prediction_type: str = "epsilon"
     image_dropout: float = IMAGE_DROPOUT
     flow_dropout: float = FLOW_DROPOUT
     composite: bool = True
@@ -88,6 +89,9 @@ class FlowDiffusionTrainConfig:
         if self.size % (4 * self.codec_factor):
             raise ValueError(f"size: expected a multiple of 4 x codec_factor = {4 * self.codec_factor}, "
                              f"got {self.size}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type: expected one of {', '.join(PREDICTION_TYPES)}, "
+                             f"got {self.prediction_type!r}")
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank: expected >= 0, got {self.lora_rank}")
         if not 0 <= self.image_dropout <= self.flow_dropout <= 1:
@@ -147,8 +151,9 @@ def make_batch(pairs: EditPairs, codec: Codec, config: FlowDiffusionTrainConfig,
 
 
 def diffusion_loss(model: FlowDiffusion, noise_scheduler, batch: DiffusionBatch) -> torch.Tensor:
-    """The ε-prediction loss (a scalar):
-    ``mean ‖ε − ε_θ(√ᾱ_t z + √(1−ᾱ_t) ε, t, image · keep_image, flow · keep_flow)‖²``."""
+    """The denoising loss (a scalar):
+    ``mean ‖y − f_θ(√ᾱ_t z + √(1−ᾱ_t) ε, t, image · keep_image, flow · keep_flow)‖²`` with the
+    target ``y = ε`` (``model.prediction_type == "epsilon"``) or ``y = v = √ᾱ_t ε − √(1−ᾱ_t) z``."""
     parameter = next(model.parameters())
     device, dtype = parameter.device, parameter.dtype
     noisy = noise_scheduler.add_noise(batch.targets, batch.noise, batch.timesteps)
@@ -156,7 +161,11 @@ def diffusion_loss(model: FlowDiffusion, noise_scheduler, batch: DiffusionBatch)
     flow = batch.flow * batch.keep_flow.view(-1, 1, 1, 1)
     prediction = model(noisy.to(device, dtype), batch.timesteps.to(device), image.to(device, dtype),
                        flow.to(device, dtype))
-    return F.mse_loss(prediction.float(), batch.noise.to(device))
+    if getattr(model, "prediction_type", "epsilon") == "v_prediction":
+        target = noise_scheduler.get_velocity(batch.targets, batch.noise, batch.timesteps)
+    else:
+        target = batch.noise
+    return F.mse_loss(prediction.float(), target.to(device))
 
 
 def trainable_state(model: FlowDiffusion) -> dict[str, torch.Tensor]:
@@ -167,13 +176,7 @@ def trainable_state(model: FlowDiffusion) -> dict[str, torch.Tensor]:
     return state
 
 
-@dataclass
-class FlowDiffusionTrainResult:
-    out: Path
-    step: int
-    interrupted: bool
-    rows: list[dict]
-    seconds: float
+FlowDiffusionTrainResult = StepRunResult  # what a run returns (a name kept for callers)
 
 
 class FlowDiffusionTrainer:
@@ -190,6 +193,7 @@ class FlowDiffusionTrainer:
         if model is None:
             torch.manual_seed(config.seed)  # the initial weights
             model = FlowDiffusion.tiny(config.size // config.codec_factor)
+        model.prediction_type = config.prediction_type
         self.model = model
         self.codec = codec or PooledRGBCodec(config.codec_factor, config.codec_scale)
         if config.lora_rank:
@@ -242,39 +246,8 @@ class FlowDiffusionTrainer:
 
     def run(self, resume: str | os.PathLike | None = "auto") -> FlowDiffusionTrainResult:
         """Train to ``config.steps`` (from the checkpoint ``resume`` names, if any; ``"auto"``:
-        this run folder's latest) and save a final checkpoint."""
-        checkpoint = self.checkpoints.find(resume)
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
-        write_run_config(self.out, json.dumps(dataclasses.asdict(self.config), indent=1), "config.json")
-        log = MetricsLog(self.out, self.step, True)
-        bar = progress_bar(self.config.steps, "FlowDiffusion", self.show_progress, leave=True, unit="step",
-                           initial=self.step)
-        started, interrupted, sums = time.perf_counter(), False, {}
-        try:
-            while self.step < self.config.steps:
-                losses = self.train_step()
-                sums = {k: sums.get(k, 0.0) + v for k, v in losses.items()}
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses['loss']:.4f}")
-                if self.step % self.config.log_every == 0 or self.step == self.config.steps:
-                    count = self.step % self.config.log_every or self.config.log_every
-                    log.add({"step": self.step, **{k: v / count for k, v in sums.items()}})
-                    sums = {}
-                if self.config.save_every and self.step % self.config.save_every == 0:
-                    self.save_checkpoint()
-        except KeyboardInterrupt:
-            interrupted = True
-            print(f"\ninterrupted: saving the state after step {self.step} ...", file=sys.stderr)
-        finally:
-            bar.close()
-        saved = self.save_checkpoint(interrupted=interrupted)
-        log.close()
-        seconds = time.perf_counter() - started
-        if self.show_progress:
-            print(f"FlowDiffusion: {'stopped' if interrupted else 'done'} at step {self.step} in {seconds:.0f} s; "
-                  f"checkpoint {saved}", file=sys.stderr)
-        return FlowDiffusionTrainResult(self.out, self.step, interrupted, log.rows, seconds)
+        this run folder's latest) and save a final checkpoint (:func:`~motionnft.training.stepping.run_steps`)."""
+        return run_steps(self, "FlowDiffusion", ("loss",), resume)
 
 
 def load_trainable_state(model: FlowDiffusion, state: dict[str, torch.Tensor], where: Path | str = "state") -> None:
@@ -296,7 +269,8 @@ def load_flowdiffusion(checkpoint: str | os.PathLike) -> FlowDiffusion:
     state = checkpoints.load(path, STATE_KEYS | {"unet_config"}, "a FlowDiffusion trainer state")
     if int(state["config"]["lora_rank"]):
         raise ValueError(f"{path}: a LoRA checkpoint; load its base model and apply it with load_trainable_state")
-    model = FlowDiffusion(UNet2DConditionModel.from_config(state["unet_config"]))
+    model = FlowDiffusion(UNet2DConditionModel.from_config(state["unet_config"]),
+                          prediction_type=state["config"].get("prediction_type", "epsilon"))
     load_trainable_state(model, state["model"], path)
     return model.eval()
 

@@ -62,7 +62,7 @@ def run_steps(trainer, name: str, shown: tuple[str, ...], resume: str | os.PathL
                 count = trainer.step % config.log_every or config.log_every
                 log.add({"step": trainer.step, **{k: v / count for k, v in sums.items()}})
                 sums = {}
-            if trainer.step % config.save_every == 0:
+            if config.save_every and trainer.step % config.save_every == 0:  # 0: only the final save
                 trainer.save_checkpoint()
     except KeyboardInterrupt:
         interrupted = True
