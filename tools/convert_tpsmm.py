@@ -1,14 +1,11 @@
 """Convert an official TPSMM checkpoint (``vox.pth.tar`` ...) to safetensors, once, by hand.
 
-``motionnft.animation.load_official_checkpoint`` reads the official ``.pth.tar`` with
-``torch.load(weights_only=True)``, which accepts what the official ``Logger.save_cpk``
-writes (state dicts, Adam optimiser states, the epoch). Use this tool only if that loader
-refuses your copy (for example a re-saved file that pickles other objects): it unpickles
-the file with ``weights_only=False``, which can run code hidden in a malicious file, so run
-it only on a file from a source you trust. It keeps the networks (kp_detector,
-dense_motion_network, inpainting_network, bg_predictor, avd_network) and writes
-``<name>.safetensors`` beside the input (or ``--out``); the library then loads that file
-without unpickling anything.
+The library reads the official ``.pth.tar`` directly (``torch.load(weights_only=True)``,
+which accepts what the official ``Logger.save_cpk`` writes: state dicts, Adam states, the
+epoch). This tool reads it the same way, so it unpickles nothing else either, keeps only
+the networks (kp_detector, dense_motion_network, inpainting_network, bg_predictor,
+avd_network) and writes ``<name>.safetensors`` beside the input (or ``--out``): a smaller
+file without the optimiser states, loaded without any unpickling.
 
 The TPSMM code and checkpoints are MIT-licensed (Copyright (c) 2021 yoyo-nb,
 github.com/yoyo-nb/Thin-Plate-Spline-Motion-Model); the notice is written into the
@@ -25,11 +22,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from motionnft.animation import NETWORKS, load_official_checkpoint, save_converted  # noqa: E402
+from motionnft.animation import load_official_checkpoint, read_official_state_dicts, save_converted  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -38,12 +34,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="output .safetensors (default: beside the input)")
     args = parser.parse_args(argv)
     out = args.out or args.checkpoint.with_name(args.checkpoint.name.split(".")[0] + ".safetensors")
-    # The one place in this project that unpickles arbitrary objects: an explicit, user-run step.
-    payload = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    networks = {name: {key: value for key, value in payload[name].items() if isinstance(value, torch.Tensor)}
-                for name in NETWORKS if isinstance(payload.get(name), dict)}
-    if "kp_detector" not in networks:
-        print(f"{args.checkpoint}: no kp_detector state dict; not a TPSMM checkpoint", file=sys.stderr)
+    try:
+        networks = read_official_state_dicts(args.checkpoint)  # weights_only=True; refuses anything else
+    except (OSError, ValueError) as error:
+        print(f"convert_tpsmm: {error}", file=sys.stderr)
         return 1
     save_converted(networks, out)
     model = load_official_checkpoint(out)  # proves every key fits, no missing or unexpected ones

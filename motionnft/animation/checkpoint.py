@@ -9,8 +9,8 @@ MGif; those datasets carry their own terms.
 An official ``.pth.tar`` is a pickled dict: one state dict per network (see
 :data:`.model.NETWORKS`), the optimisers' state dicts and the epoch, all plain containers,
 numbers and tensors, so ``torch.load(weights_only=True)`` reads it and nothing else is
-unpickled. Should a copy hold anything that loader refuses, ``tools/convert_tpsmm.py`` (run
-once, by the user, on a file they trust) rewrites the networks to safetensors.
+unpickled. A copy holding anything else is refused, never unpickled; ``tools/convert_tpsmm.py``
+rewrites a readable checkpoint's networks as safetensors (smaller, faster to load).
 """
 
 from __future__ import annotations
@@ -49,9 +49,10 @@ def read_official_state_dicts(path: str | Path) -> dict[str, dict[str, torch.Ten
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError) as error:
-            raise ValueError(f"{path}: torch.load(weights_only=True) refused this file ({error}). If you trust it, "
-                             f"convert it once with `python tools/convert_tpsmm.py {path}` and load the .safetensors "
-                             "it writes.") from None
+            raise ValueError(f"{path}: torch.load(weights_only=True) refused this file ({error}): it holds objects "
+                             "other than tensors and plain containers, which unpickling could use to run code. Use "
+                             "the official release file, or re-save its state dicts (a dict of network -> state "
+                             "dict) where you trust it.") from None
         if not isinstance(payload, dict):
             raise ValueError(f"{path}: expected a dict of state dicts, got {type(payload).__name__}")
         networks = {name: dict(payload[name]) for name in NETWORKS if isinstance(payload.get(name), dict)}

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ..training.checkpoints import Checkpoints
 from ..training.interrupt import DeferInterrupt
-from ..training.stepping import StepRunResult, run_steps
+from ..training.stepping import StepRunResult, add_setting_flags, run_steps, settings_from_flags
 from ..training.seeding import derived_generator, rng_state, set_rng_state
 from ..video import sample_frames
 from .animate import animate
@@ -332,18 +332,13 @@ def reconstruction_l1(model: TPSMM, frames: torch.Tensor, use_background: bool |
     return {"model": sum(errors) / len(errors), "static": static, "frames": len(errors)}
 
 
-_SCALARS = {"int": int, "float": float, "str": str}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m motionnft.animation.train", description=__doc__.split("\n")[0])
     parser.add_argument("--video", required=True, help="a video file or a folder of videos")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv, config.json)")
     parser.add_argument("--resume", default="auto", help="'auto', 'none', a run folder or a checkpoint folder")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    for field in dataclasses.fields(AnimationTrainConfig):
-        if field.type in _SCALARS:
-            parser.add_argument(f"--{field.name.replace('_', '-')}", type=_SCALARS[field.type], default=field.default)
+    add_setting_flags(parser, AnimationTrainConfig)
     return parser.parse_args(argv)
 
 
@@ -351,8 +346,7 @@ def main(argv: list[str] | None = None) -> AnimationTrainResult:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = {f.name for f in dataclasses.fields(AnimationTrainConfig)}
-    config = AnimationTrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    config = settings_from_flags(AnimationTrainConfig, args)
     data = VideoFrames.read(args.video, config.size, config.holdout, config.sample_fps or None)
     resume = None if args.resume == "none" else args.resume
     result = AnimationTrainer(config, data, args.out).run(resume)

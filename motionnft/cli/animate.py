@@ -119,9 +119,8 @@ def _progress(args, total: int, counted: _Counter):
 
 
 def add_train_animation(commands) -> None:
-    import dataclasses
-
     from ..animation.train import AnimationTrainConfig
+    from ..training.stepping import add_setting_flags
 
     train = commands.add_parser(
         "train-animation", help="train a TPSMM image-animation model on videos",
@@ -135,12 +134,7 @@ def add_train_animation(commands) -> None:
     train.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics.csv, tpsmm.safetensors)")
     train.add_argument("--resume", default="auto",
                        help="'auto' (default: continue from RUN's latest checkpoint), 'none', or a run / checkpoint folder")
-    defaults = AnimationTrainConfig()
-    for field in dataclasses.fields(AnimationTrainConfig):
-        if field.type in _SCALARS:
-            train.add_argument(f"--{field.name.replace('_', '-')}", dest=f"setting_{field.name}",
-                               type=_SCALARS[field.type], default=getattr(defaults, field.name),
-                               help=f"(default {getattr(defaults, field.name)})")
+    add_setting_flags(train, AnimationTrainConfig, dest_prefix="setting_")
     train.set_defaults(handler=command_train_animation, output_folders=("out",), input_files=("video",))
 
 
@@ -160,16 +154,13 @@ def add_eval_animation(commands) -> None:
     evaluation.set_defaults(handler=command_eval_animation, input_files=("model", "video"))
 
 
-_SCALARS = {"int": int, "float": float, "str": str}
-
-
 def command_train_animation(args) -> int:
     from ..animation.checkpoint import save_converted
     from ..animation.model import NETWORKS
     from ..animation.train import AnimationTrainConfig, AnimationTrainer, VideoFrames, load_model, reconstruction_l1
+    from ..training.stepping import settings_from_flags
 
-    settings = {k[len("setting_"):]: v for k, v in vars(args).items() if k.startswith("setting_")}
-    config = AnimationTrainConfig(**settings)
+    config = settings_from_flags(AnimationTrainConfig, args, dest_prefix="setting_")
     data = VideoFrames.read(args.video, config.size, config.holdout, config.sample_fps or None)
     result = AnimationTrainer(config, data, args.out).run(None if args.resume == "none" else args.resume)
     model = load_model(args.out)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..training.checkpoints import Checkpoints
 from ..training.interrupt import DeferInterrupt
-from ..training.stepping import StepRunResult, run_steps
+from ..training.stepping import StepRunResult, add_setting_flags, run_steps, settings_from_flags
 from ..training.seeding import derived_generator, rng_state, set_rng_state
 from .flowdiffusion import PREDICTION_TYPES, FlowDiffusion
 from .flowdiffusion_conditioning import Codec, PooledRGBCodec, encode_images, flow_condition
@@ -275,9 +275,6 @@ def load_flowdiffusion(checkpoint: str | os.PathLike) -> FlowDiffusion:
     return model.eval()
 
 
-_SCALARS = {"int": int, "float": float, "str": str}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m motionnft.drag.train_flowdiffusion",
                                      description=__doc__.split("\n")[0])
@@ -288,9 +285,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-composite", action="store_true", help="train on the raw targets")
     parser.add_argument("--resume", default="auto", help="'auto', 'none', a run folder or a checkpoint folder")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    for field in dataclasses.fields(FlowDiffusionTrainConfig):
-        if field.type in _SCALARS:
-            parser.add_argument(f"--{field.name.replace('_', '-')}", type=_SCALARS[field.type], default=field.default)
+    add_setting_flags(parser, FlowDiffusionTrainConfig)
     return parser.parse_args(argv)
 
 
@@ -298,9 +293,7 @@ def main(argv: list[str] | None = None) -> FlowDiffusionTrainResult:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = {f.name for f in dataclasses.fields(FlowDiffusionTrainConfig)}
-    config = FlowDiffusionTrainConfig(composite=not args.no_composite,
-                                      **{k: v for k, v in vars(args).items() if k in names})
+    config = settings_from_flags(FlowDiffusionTrainConfig, args, composite=not args.no_composite)
     data = (EditPairFolder(args.data, (config.size, config.size)) if args.data
             else figure_pairs(args.scenes, config.size, seed=config.seed, style=args.style))
     resume = None if args.resume == "none" else args.resume

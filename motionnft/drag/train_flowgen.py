@@ -25,7 +25,7 @@ import torch
 
 from ..training.checkpoints import Checkpoints
 from ..training.interrupt import DeferInterrupt
-from ..training.stepping import StepRunResult, run_steps
+from ..training.stepping import StepRunResult, add_setting_flags, run_steps, settings_from_flags
 from ..training.seeding import derived_generator, rng_state, set_rng_state
 from .flow_data import FlowBatch, FlowPairFolder, figure_scenes
 from .flowgen import FlowGen, FlowGenConfig, PatchDiscriminator
@@ -192,9 +192,6 @@ def load_generator(checkpoint: str | os.PathLike) -> FlowGen:
     return generator.eval()
 
 
-_SCALARS = {"int": int, "float": float, "str": str}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m motionnft.drag.train_flowgen", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv)")
@@ -203,9 +200,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=64, help="training resolution (square), a multiple of 2**depth")
     parser.add_argument("--resume", default="auto", help="'auto', 'none', a run folder or a checkpoint folder")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    for field in dataclasses.fields(FlowGenTrainConfig):
-        if field.type in _SCALARS:
-            parser.add_argument(f"--{field.name.replace('_', '-')}", type=_SCALARS[field.type], default=field.default)
+    add_setting_flags(parser, FlowGenTrainConfig)
     return parser.parse_args(argv)
 
 
@@ -213,8 +208,7 @@ def main(argv: list[str] | None = None) -> FlowGenTrainResult:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = {f.name for f in dataclasses.fields(FlowGenTrainConfig)}
-    config = FlowGenTrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    config = settings_from_flags(FlowGenTrainConfig, args)
     data = (FlowPairFolder(args.data, (args.size, args.size)) if args.data
             else figure_scenes(args.scenes, args.size, seed=config.seed))
     resume = None if args.resume == "none" else args.resume

@@ -76,3 +76,27 @@ def run_steps(trainer, name: str, shown: tuple[str, ...], resume: str | os.PathL
         print(f"{name}: {'stopped' if interrupted else 'done'} at step {trainer.step} in {seconds:.0f} s; "
               f"checkpoint {saved}", file=sys.stderr)
     return StepRunResult(Path(trainer.out), trainer.step, interrupted, log.rows, seconds)
+
+
+_FLAG_TYPES = {"int": int, "float": float, "str": str}  # annotations are strings (from __future__ import annotations)
+
+
+def add_setting_flags(parser, settings_class, dest_prefix: str = "") -> None:
+    """One ``--name`` flag per int / float / str field of the dataclass ``settings_class``,
+    defaulting to the field's default (tuple and other fields keep their defaults)."""
+    import dataclasses
+
+    for field in dataclasses.fields(settings_class):
+        if field.type in _FLAG_TYPES:
+            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=dest_prefix + field.name,
+                                type=_FLAG_TYPES[field.type], default=field.default,
+                                help=f"(default {field.default})")
+
+
+def settings_from_flags(settings_class, args, dest_prefix: str = "", **given):
+    """The ``settings_class`` the flags of :func:`add_setting_flags` describe, with ``given`` on top."""
+    import dataclasses
+
+    values = {f.name: getattr(args, dest_prefix + f.name) for f in dataclasses.fields(settings_class)
+              if hasattr(args, dest_prefix + f.name)}
+    return settings_class(**{**values, **given})
