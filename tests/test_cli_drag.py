@@ -178,3 +178,42 @@ def test_flowdiffusion_option_runs_a_trained_flowdiffusion(image, tmp_path):
     assert run(["drag", "--image", image, "--drags", "40,30,52,34", "--flowdiffusion", tmp_path / "fd", "--steps", "2",
                 "--out", tmp_path / "edit.png"]) == 0
     assert load_image(tmp_path / "edit.png").shape == (1, 3, 72, 96)
+    # The run also left its weights as one file, which drag reads the same way.
+    assert (tmp_path / "fd" / "flowdiffusion.safetensors").is_file()
+    assert run(["drag", "--image", image, "--drags", "40,30,52,34", "--flowdiffusion",
+                tmp_path / "fd" / "flowdiffusion.safetensors", "--steps", "2", "--out", tmp_path / "edit2.png"]) == 0
+    assert torch.equal(load_image(tmp_path / "edit2.png"), load_image(tmp_path / "edit.png"))
+
+
+def test_drag_with_a_flowdiffusion_file_is_the_librarys_edit_for_the_same_seed(image, tmp_path):
+    """The CLI's steps, redone with the library: the spline flow (borders pinned), image and flow
+    resized to the file's working size, flowdiffusion_edit (DDIM, noise from a CPU generator seeded
+    with --seed), the result resized back and saved."""
+    pytest.importorskip("diffusers")
+    from motionnft.cli.drag import read_drag_option
+    from motionnft.drag import drags_to_flow
+    from motionnft.drag.flowdiffusion import FlowDiffusion
+    from motionnft.drag.flowdiffusion_conditioning import PooledRGBCodec
+    from motionnft.drag.flowdiffusion_files import CodecSpec, save_flowdiffusion
+    from motionnft.drag.flowdiffusion_sampling import flowdiffusion_edit, make_scheduler
+    from motionnft.flow import resize_flow
+    from motionnft.image import resize_image
+
+    torch.manual_seed(0)
+    model = FlowDiffusion.tiny(16).eval()
+    with torch.no_grad():
+        model.unet.conv_in.weight.normal_(0, 0.1)  # the conditions matter
+    weights = save_flowdiffusion(tmp_path / "fd.safetensors", model, CodecSpec.pooled(2, 2.5), 32)
+    assert run(["drag", "--image", image, "--drags", "40,30,52,34", "--flowdiffusion", weights, "--steps", "3",
+                "--seed", "7", "--out", tmp_path / "cli.png"]) == 0
+    source = load_image(image)
+    flow = drags_to_flow(read_drag_option("40,30,52,34").scaled_to(96, 72), 72, 96, smoothness=0.0,
+                         pinned_border_points=8)
+    edit = flowdiffusion_edit(model, make_scheduler("ddim"), resize_image(source, (32, 32)),
+                              resize_flow(flow, (32, 32)), codec=PooledRGBCodec(2, 2.5), steps=3,
+                              generator=torch.Generator().manual_seed(7))
+    save_image(resize_image(edit, (72, 96))[0], tmp_path / "library.png")
+    assert torch.equal(load_image(tmp_path / "cli.png"), load_image(tmp_path / "library.png"))
+    assert run(["drag", "--image", image, "--drags", "40,30,52,34", "--flowdiffusion", weights, "--steps", "3",
+                "--seed", "8", "--out", tmp_path / "other_seed.png"]) == 0
+    assert not torch.equal(load_image(tmp_path / "other_seed.png"), load_image(tmp_path / "cli.png"))

@@ -37,8 +37,9 @@ def add_drag(commands) -> None:
                       "pad (keeps the aspect ratio)")
     drag.add_argument("--smoothness", type=float, default=0.0, help="spline ridge weight (default 0: exact)")
     drag.add_argument("--no-pin-borders", action="store_true", help="spline: let the image border move too")
-    drag.add_argument("--flowdiffusion", type=Path, default=None, metavar="DIR",
-                      help="FlowDiffusion run / checkpoint folder: the result is its edit along the flow")
+    drag.add_argument("--flowdiffusion", type=Path, default=None, metavar="FILE_OR_DIR",
+                      help="FlowDiffusion weights (flowdiffusion.safetensors from train-drag --part flowdiffusion) or "
+                      "its run / checkpoint folder: the result is its edit along the flow")
     drag.add_argument("--steps", type=int, default=20, help="FlowDiffusion denoising steps (default 20)")
     drag.add_argument("--seed", type=int, default=0, help="FlowDiffusion noise seed (default 0)")
     drag.add_argument("--out", type=Path, required=True, help="the result image (PNG)")
@@ -61,7 +62,8 @@ def add_train_drag(commands) -> None:
                        "synthetic figure scenes")
     train.add_argument("--part", choices=("flowgen", "flowdiffusion"), default="flowgen",
                        help="which network (default flowgen)")
-    train.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics.csv, flowgen.safetensors)")
+    train.add_argument("--out", type=Path, required=True,
+                       help="run folder (checkpoints, metrics.csv, flowgen.safetensors or flowdiffusion.safetensors)")
     train.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the trainer's, 2000 for FlowGen)")
     train.add_argument("--model", choices=MODELS, default="tiny",
                        help="FlowGen size: tiny (1.8 M parameters, 64 px, CPU) or full (the paper's 54 M, 256 px)")
@@ -166,47 +168,47 @@ def _draw_drags(picture, drags):
     return pil_to_tensor(pil)[0]
 
 
-def _flowdiffusion(folder: Path):
-    """``edit(source, flow, steps, seed) -> (1, 3, H, W)`` by the FlowDiffusion of ``folder``, or
-    ValueError naming ``--flowdiffusion`` when this installation has no FlowDiffusion."""
+def _flowdiffusion(source: Path):
+    """``edit(source, flow, steps, seed) -> (1, 3, H, W)`` by the FlowDiffusion of ``source`` (a
+    FlowDiffusion file, or a run / checkpoint folder), or ValueError naming ``--flowdiffusion`` when
+    this installation has no FlowDiffusion."""
     import importlib.util
 
     if importlib.util.find_spec("..drag.flowdiffusion_sampling", __package__) is None:
-        raise ValueError(f"--flowdiffusion {folder}: FlowDiffusion is not available yet in this version of motionnft")
+        raise ValueError(f"--flowdiffusion {source}: FlowDiffusion is not available yet in this version of motionnft")
     try:
         from ..drag.flowdiffusion_conditioning import PooledRGBCodec
-        from ..drag.flowdiffusion_sampling import flowdiffusion_edit, make_scheduler
-        from ..drag.train_flowdiffusion import load_flowdiffusion
+        from ..drag.flowdiffusion_files import FILE_NAME, load_flowdiffusion_file
+        from ..drag.flowdiffusion_sampling import edit_at_working_size
+        from ..drag.train_flowdiffusion import FlowDiffusionTrainConfig, load_flowdiffusion
     except ImportError as error:
-        raise ValueError(f"--flowdiffusion {folder}: FlowDiffusion cannot be imported ({error}); it needs "
+        raise ValueError(f"--flowdiffusion {source}: FlowDiffusion cannot be imported ({error}); it needs "
                          "diffusers") from None
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--flowdiffusion {folder}: not a folder (expected a FlowDiffusion run or checkpoint)")
+    if not source.exists():
+        raise FileNotFoundError(f"--flowdiffusion {source}: no such file or folder (expected a FlowDiffusion file "
+                                "from train-drag --part flowdiffusion, or its run / checkpoint folder)")
+    is_run = source.is_dir() and ((source / "checkpoints").is_dir() or (source / "trainer_state.pt").is_file())
+    if source.is_dir() and not is_run and (source / FILE_NAME).is_file():
+        source = source / FILE_NAME
     try:
-        model = load_flowdiffusion(folder)
+        if source.is_file():
+            model, spec, size = load_flowdiffusion_file(source)
+            codec = spec.build()
+        else:
+            model = load_flowdiffusion(source)
+            settings = _run_settings(source)
+            size = int(settings.get("size", 64))
+            trained = FlowDiffusionTrainConfig()  # a run folder without these settings used the defaults
+            codec = PooledRGBCodec(int(settings.get("codec_factor", trained.codec_factor)),
+                                   float(settings.get("codec_scale", trained.codec_scale)))
     except (OSError, ValueError) as error:
-        raise type(error)(f"--flowdiffusion {folder}: {error}") from None
-    settings = _run_settings(folder)
-    size = int(settings.get("size", 64))
-    from ..drag.train_flowdiffusion import FlowDiffusionTrainConfig
+        raise type(error)(f"--flowdiffusion {error}" if str(source) in str(error)
+                          else f"--flowdiffusion {source}: {error}") from None
 
-    trained = FlowDiffusionTrainConfig()  # a run folder without these settings used the defaults
-    codec = PooledRGBCodec(int(settings.get("codec_factor", trained.codec_factor)),
-                           float(settings.get("codec_scale", trained.codec_scale)))
-
-    def edit(source, flow, steps: int, seed: int):
-        import torch
-
-        from ..flow import resize_flow
-        from ..image import resize_image
-
+    def edit(image, flow, steps: int, seed: int):
         if steps < 1:
             raise ValueError(f"--steps must be at least 1, got {steps}")
-        height, width = source.shape[-2:]
-        result = flowdiffusion_edit(model, make_scheduler("ddim"), resize_image(source, (size, size)),
-                                    resize_flow(flow, (size, size)), codec=codec, steps=steps,
-                                    generator=torch.Generator().manual_seed(seed))
-        return resize_image(result, (height, width))
+        return edit_at_working_size(model, image, flow, codec=codec, size=size, steps=steps, seed=seed)
 
     return edit
 
@@ -299,9 +301,13 @@ def _train_flowdiffusion(args) -> int:
     config = FlowDiffusionTrainConfig(**overrides)
     data = _data(args, lambda: figure_pairs(args.scenes, config.size, seed=config.seed),
                  lambda root: EditPairFolder(root, (config.size, config.size)))
-    result = FlowDiffusionTrainer(config, data, args.out, show_progress=not args.quiet).run(_resume(args))
+    trainer = FlowDiffusionTrainer(config, data, args.out, show_progress=not args.quiet)
+    result = trainer.run(_resume(args))
     if result.interrupted:
-        print(f"motionnft train-drag: stopped at step {result.step}; run again to resume", file=sys.stderr)
+        print(f"motionnft train-drag: stopped at step {result.step}; run again to resume (no flowdiffusion.safetensors "
+              "written)", file=sys.stderr)
         return 130
-    print(f"{args.out}: FlowDiffusion run at step {result.step}; use it with 'motionnft drag --flowdiffusion {args.out}'")
+    path = trainer.export()
+    print(f"{path}: FlowDiffusion ({config.size} px, step {result.step}); use it with 'motionnft drag --flowdiffusion "
+          f"{path}' or copy it to ComfyUI's models/motionnft_drag (the FlowDiffusion Edit node)")
     return 0

@@ -138,3 +138,28 @@ def flowdiffusion_edit(model: FlowDiffusion, scheduler, image: torch.Tensor, flo
         if progress is not None:
             progress(index + 1, len(scheduler.timesteps))
     return codec.decode(latents.to(parameter.dtype)).float().clamp(0, 1)
+
+
+def edit_at_working_size(model: FlowDiffusion, image: torch.Tensor, flow: torch.Tensor, *, codec: Codec, size: int,
+                         steps: int = FlowDiffusionConfig.steps, s_img: float = FlowDiffusionConfig.s_img,
+                         s_flow: float = FlowDiffusionConfig.s_flow, seed: int = 0, scheduler: str = "ddim",
+                         progress: Progress | None = None) -> torch.Tensor:
+    """FlowDiffusion's edit of an image of any size, as ``motionnft drag`` and the FlowDiffusion Edit
+    node make it.
+
+    ``image`` ``(B, 3, H, W)`` and ``flow`` ``(1 or B, 2, H, W)`` (pixels) are resized to the square
+    working size ``size`` the model was trained at (the aspect is not kept: the trainer resizes its
+    pairs to that square too; the flow's vectors are rescaled per axis), edited by
+    :func:`flowdiffusion_edit` from the noise of ``seed`` (a CPU generator), and the result is
+    resized back: ``(B, 3, H, W)`` in [0, 1].
+    """
+    from ..flow.warp import resize_flow
+    from ..image import resize_image
+
+    if size < 1:
+        raise ValueError(f"size: expected a working size >= 1 pixel, got {size}")
+    height, width = image.shape[-2:]
+    result = flowdiffusion_edit(model, make_scheduler(scheduler), resize_image(image, (size, size)),
+                                resize_flow(flow, (size, size)), codec=codec, steps=steps, s_img=s_img,
+                                s_flow=s_flow, generator=torch.Generator().manual_seed(seed), progress=progress)
+    return resize_image(result, (height, width)).clamp(0, 1)

@@ -99,8 +99,10 @@ class FlowDiffusionTrainConfig:
                              f"together with the flow), got {self.image_dropout}, {self.flow_dropout}")
 
 
-def add_lora(model: FlowDiffusion, rank: int = 8, alpha: float | None = None) -> list[str]:
-    """Freeze ``model`` and add a peft LoRA of ``rank`` to every attention projection of its UNet.
+def add_lora(model: FlowDiffusion, rank: int = 8, alpha: float | None = None,
+             targets: tuple[str, ...] = LORA_TARGETS) -> list[str]:
+    """Freeze ``model`` and add a peft LoRA of ``rank`` to ``targets`` (default: every attention
+    projection of its UNet).
 
     Returns the names of the trainable (LoRA) parameters.
     """
@@ -108,7 +110,7 @@ def add_lora(model: FlowDiffusion, rank: int = 8, alpha: float | None = None) ->
 
     model.requires_grad_(False)
     model.unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
-                                      target_modules=list(LORA_TARGETS)))
+                                      target_modules=list(targets)))
     names = []
     for name, parameter in model.named_parameters():
         parameter.requires_grad_("lora_" in name)
@@ -249,6 +251,16 @@ class FlowDiffusionTrainer:
         this run folder's latest) and save a final checkpoint (:func:`~motionnft.training.stepping.run_steps`)."""
         return run_steps(self, "FlowDiffusion", ("loss",), resume)
 
+    def export(self, path: str | os.PathLike | None = None, kind: str = "full", base=None) -> Path:
+        """Write the model as one FlowDiffusion file (default ``RUN/flowdiffusion.safetensors``) for
+        ``motionnft drag --flowdiffusion`` and the FlowDiffusion Edit node: ``kind="full"`` (the tiny
+        model, trained from scratch; a LoRA is merged), or for a run on an SD 1.5 ``base`` UNet
+        ``"delta"`` / ``"lora"`` (:func:`.flowdiffusion_files.save_flowdiffusion`)."""
+        from .flowdiffusion_files import FILE_NAME, codec_spec_of, save_flowdiffusion
+
+        return save_flowdiffusion(path or self.out / FILE_NAME, self.model, codec_spec_of(self.codec),
+                                  self.config.size, kind, base)
+
 
 def load_trainable_state(model: FlowDiffusion, state: dict[str, torch.Tensor], where: Path | str = "state") -> None:
     """Load what :func:`trainable_state` saved; every saved tensor must find its place."""
@@ -297,7 +309,11 @@ def main(argv: list[str] | None = None) -> FlowDiffusionTrainResult:
     data = (EditPairFolder(args.data, (config.size, config.size)) if args.data
             else figure_pairs(args.scenes, config.size, seed=config.seed, style=args.style))
     resume = None if args.resume == "none" else args.resume
-    return FlowDiffusionTrainer(config, data, args.out).run(resume)
+    trainer = FlowDiffusionTrainer(config, data, args.out)
+    result = trainer.run(resume)
+    if not result.interrupted:
+        print(f"{trainer.export()}: FlowDiffusion weights (full, {config.size} px, step {result.step})")
+    return result
 
 
 if __name__ == "__main__":
