@@ -120,6 +120,9 @@ def test_train_animation_writes_a_model_that_animate_and_eval_animation_read(tmp
                  "--size", "64", "--perceptual", "l1_pyramid", "--holdout", "0.3"]) == 0
     out = capsys.readouterr().out
     assert (folder / "tpsmm.safetensors").is_file()
+    from motionnft.animation.checkpoint import read_animation_config
+
+    assert read_animation_config(folder / "tpsmm.safetensors").kind == "paper"  # the default: the paper's model
     assert "held-out reconstruction L1" in out and "static source" in out
     assert run(["eval-animation", "--model", str(folder / "tpsmm.safetensors"), "--video", str(clip), "--size", "64",
                  "--skip", "0.7"]) == 0

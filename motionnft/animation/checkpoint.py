@@ -11,19 +11,27 @@ An official ``.pth.tar`` is a pickled dict: one state dict per network (see
 numbers and tensors, so ``torch.load(weights_only=True)`` reads it and nothing else is
 unpickled. A copy holding anything else is refused, never unpickled; ``tools/convert_tpsmm.py``
 rewrites a readable checkpoint's networks as safetensors (smaller, faster to load).
+
+The paper's model (:mod:`.paper_model`) is saved by :func:`save_model` as safetensors with its
+:class:`.paper_model.AnimationModelConfig` as JSON in the header (``animation_config``);
+:func:`load_official_checkpoint` reads the model kind from there, so every reader of TPSMM
+files (``motionnft animate``, the Animate Image node) takes such a file too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import PRESETS, AVDConfig, DenseMotionConfig, InpaintingConfig, TPSMMConfig
 from .model import NETWORKS, TPSMM
+from .paper_model import PAPER_NETWORKS, AnimationModelConfig, build_model
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +116,12 @@ def infer_config(networks: dict[str, dict[str, torch.Tensor]], frame_size: int =
 
 
 def load_networks(model: TPSMM, networks: dict[str, dict[str, torch.Tensor]], source: str = "weights") -> None:
-    """Load each network's state dict strictly; one error lists every missing / unexpected key."""
-    problems = []
-    for name in NETWORKS:
-        module = getattr(model, name)
+    """Load each network's state dict strictly; one error lists every missing / unexpected key
+    (and every network the file has that the model has not, among the paper's parts)."""
+    problems = [f"{name}: in {source} but not in this model (another model kind)" for name in PAPER_NETWORKS
+                if name in networks and getattr(model, name, None) is None]
+    for name in NETWORKS + PAPER_NETWORKS:
+        module = getattr(model, name, None)
         if module is None:
             continue
         if name not in networks:
@@ -140,6 +150,13 @@ def load_official_checkpoint(path: str | Path, config: TPSMMConfig | None = None
     Every key must match: no missing and no unexpected ones.
     """
     networks = read_official_state_dicts(path)
+    paper = read_animation_config(path)
+    if paper is not None:
+        with_avd = "avd_network" in networks if with_avd is None else with_avd
+        model = build_model(paper if config is None else dataclasses.replace(paper, tpsmm=config), with_avd)
+        load_networks(model, networks, source=str(path))
+        logger.info("loaded %s weights %s (built on TPSMM, licence: %s)", paper.kind, path, LICENCE)
+        return model.to(device).eval()
     if config is None:
         stem = Path(path).name.split(".")[0].lower()
         preset = next((PRESETS[name]() for name in ("vox", "taichi", "ted", "mgif") if stem.startswith(name)), None)
@@ -149,6 +166,31 @@ def load_official_checkpoint(path: str | Path, config: TPSMMConfig | None = None
     load_networks(model, networks, source=str(path))
     logger.info("loaded TPSMM weights %s; licence: %s", path, LICENCE)
     return model.to(device).eval()
+
+
+def read_animation_config(path: str | Path) -> AnimationModelConfig | None:
+    """The paper model's configuration in a safetensors header, or None (a TPSMM file)."""
+    if Path(path).suffix != ".safetensors":
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        text = (handle.metadata() or {}).get("animation_config")
+    return AnimationModelConfig.from_json(text) if text else None
+
+
+def save_model(model: TPSMM, path: str | Path) -> None:
+    """Write any animation model as one safetensors file: TPSMM's flat ``<network>.<key>``
+    names (what :func:`save_converted` writes), plus, for the paper model, its parts and its
+    configuration in the header (``animation_config``)."""
+    networks = {name: getattr(model, name).state_dict() for name in NETWORKS + PAPER_NETWORKS
+                if getattr(model, name, None) is not None}
+    flat = {f"{name}.{key}": value.detach().cpu().contiguous() for name, state in networks.items()
+            for key, value in state.items()}
+    metadata = {"format": "tpsmm", "licence": LICENCE}
+    paper = getattr(model, "model_config", None)
+    if paper is not None:
+        metadata["animation_config"] = paper.to_json()
+        metadata["kind"] = paper.kind
+    save_file(flat, str(path), metadata=metadata)
 
 
 def save_converted(networks: dict[str, dict[str, torch.Tensor]], path: str | Path) -> None:

@@ -32,6 +32,8 @@ class DenseMotion:
     contribution_maps: torch.Tensor
     occlusion_maps: list[torch.Tensor]
     deformed_source: torch.Tensor
+    features: torch.Tensor | None = None
+    """``(B, F, h, w)`` the hourglass's last feature map (the motion optimiser's context)."""
 
 
 def masked_softmax(logits: torch.Tensor, drop_probability: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -46,7 +48,11 @@ def masked_softmax(logits: torch.Tensor, drop_probability: float, generator: tor
     Returns:
         ``(B, K+1, h, w)`` summing to ~1 over the kept channels.
     """
-    keep = torch.rand(logits.shape[:2], generator=generator, device=logits.device) < (1 - drop_probability)
+    # Drawn on the generator's device (a CPU generator of derived_generator), then moved: the
+    # same draws on every device.
+    draws = torch.rand(logits.shape[:2], generator=generator,
+                       device=generator.device if generator is not None else logits.device)
+    keep = draws.to(logits.device) < (1 - drop_probability)
     keep[:, 0] = True
     weights = (logits - logits.max(1, keepdim=True).values).exp() * keep[:, :, None, None].to(logits.dtype)
     return weights / (weights.sum(dim=1, keepdim=True) + 1e-6)
@@ -106,7 +112,7 @@ class DenseMotionNetwork(nn.Module):
             contributions = F.softmax(logits, dim=1)
         # Eq. 6: the deformation is the contribution-weighted sum of the K+1 grids.
         deformation = (transforms * contributions[..., None]).sum(dim=1)
-        return DenseMotion(deformation, contributions, self._occlusions(features), deformed)
+        return DenseMotion(deformation, contributions, self._occlusions(features), deformed, features[-1])
 
     def _heatmaps(self, kp_driving: torch.Tensor, kp_source: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """``(B, K·N + 1, h, w)``: driving minus source Gaussians, after an empty background channel."""

@@ -3,6 +3,7 @@ the dense motion, decode the driving frame (section 3.3 of the TPSMM paper)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,8 @@ class Inpainting:
     prediction: torch.Tensor
     deformed_source: torch.Tensor
     warped_features: list[torch.Tensor]
+    codes: object = None
+    """:class:`.decoupling.DecoupledCodes` when the generator fused decoupled codes (the paper model)."""
 
 
 def deform(features: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
@@ -73,16 +76,24 @@ class InpaintingNetwork(nn.Module):
         self.resblock = nn.ModuleList(res[::-1])
         self.final = nn.Conv2d(expansion, num_channels, kernel_size=7, padding=3)
 
-    def forward(self, source: torch.Tensor, motion: DenseMotion, warped_features: bool = False) -> Inpainting:
+    def encode(self, frame: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, C, H, W)`` -> the encoder's maps, finest (``H x W``) to deepest (``/ 2**num_down_blocks``)."""
+        encoded = [self.first(frame)]
+        for block in self.down_blocks:
+            encoded.append(block(encoded[-1]))
+        return encoded
+
+    def forward(self, source: torch.Tensor, motion: DenseMotion, warped_features: bool = False,
+                fuse: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, object]] | None = None) -> Inpainting:
         """
         Args:
             source: ``(B, C, H, W)`` in [0, 1].
             motion: the dense motion from the same source and keypoints.
             warped_features: also return the warp loss's detached warped features.
+            fuse: ``fuse(warped, encoded) -> (features, codes)`` applied to the deepest warped
+                features before decoding (the paper's motion attention); None: TPSMM.
         """
-        encoded = [self.first(source)]
-        for block in self.down_blocks:
-            encoded.append(block(encoded[-1]))
+        encoded = self.encode(source)
         deformation, masks = motion.deformation, motion.occlusion_maps
         mask_index = (lambda level: level) if self.multi_mask else (lambda level: 0)
 
@@ -94,6 +105,9 @@ class InpaintingNetwork(nn.Module):
 
         extras = [warp(0, encoded[-1], True)] if warped_features else []
         out = warp(0, encoded[-1], False)
+        codes = None
+        if fuse is not None:
+            out, codes = fuse(out, encoded[-1])
         levels = self.config.num_down_blocks
         for i in range(levels):
             out = self.up_blocks[i](self.resblock[2 * i + 1](self.resblock[2 * i](out)))
@@ -108,4 +122,4 @@ class InpaintingNetwork(nn.Module):
         # The finest skip already holds the visible source features; the decoder fills the rest.
         out = torch.sigmoid(self.final(out * (1 - visible) + skip))
         prediction = out * (1 - visible) + deformed_source * visible
-        return Inpainting(prediction, deformed_source, extras)
+        return Inpainting(prediction, deformed_source, extras, codes)

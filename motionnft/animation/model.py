@@ -63,7 +63,16 @@ class TPSMM(nn.Module):
         """Dense motion from ``(B, K·N, 2)`` keypoints; see :class:`.dense_motion.DenseMotionNetwork`."""
         return self.dense_motion_network(source, kp_driving, kp_source, bg_param)
 
+    def refine_motion(self, source: torch.Tensor, motion: DenseMotion) -> DenseMotion:
+        """The dense motion the generator uses; TPSMM uses the network's as it is (the paper
+        model refines it, :class:`.paper_model.DecoupledTPSMM`)."""
+        return motion
+
+    def generate(self, source: torch.Tensor, motion: DenseMotion, warped_features: bool = False) -> Inpainting:
+        """The inpainting generator on ``(B, C, H, W)`` source and its (refined) motion."""
+        return self.inpainting_network(source, motion, warped_features)
+
     def forward(self, source: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor,
                 bg_param: torch.Tensor | None = None) -> Inpainting:
         """``(B, C, H, W)`` source in [0, 1] + keypoints -> the frame with the driving pose."""
-        return self.inpainting_network(source, self.motion(source, kp_source, kp_driving, bg_param))
+        return self.generate(source, self.refine_motion(source, self.motion(source, kp_source, kp_driving, bg_param)))

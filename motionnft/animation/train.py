@@ -1,4 +1,5 @@
-"""Training TPSMM on videos: pairs of frames of one video, the source animated to the driving pose.
+"""Training TPSMM or the feature-decoupling paper's model on videos: pairs of frames of one
+video, the source animated to the driving pose.
 
 One step (the official ``GeneratorFullModel`` + ``train.py``): draw ``batch_size`` pairs
 (a random video, two random frames of its training part, the earlier one the source),
@@ -7,8 +8,14 @@ dense motion (with TPS dropout until ``dropout_until``) and the frame; minimise
 perceptual + equivariance + warp + background losses (:mod:`.losses`, TPSMM's weights);
 Adam (2e-4, betas 0.5/0.999), learning rate x0.1 at 70 % and 90 % of the steps, keypoint
 and background gradients clipped to an inf-norm of 10. The schedule's epochs are given as
-fractions of ``steps`` here. Not in scope: the adversarial and decoupling losses, and the
-official data augmentation (flips, colour jitter).
+fractions of ``steps`` here. Not in scope: the official data augmentation (flips, colour jitter).
+
+The paper's model (:mod:`.paper_model`; ``motion_optimization`` and ``decoupling`` switch
+its parts) adds the decoupling loss (:func:`.decoupling.decoupling_loss`, weight
+``decoupling_weight``); ``adversarial_weight`` > 0 adds a multi-scale PatchGAN (LSGAN +
+feature matching, :mod:`.adversarial`) with its own Adam step after the generator's.
+Accelerate (when installed and ``accelerate`` is on) picks the device and runs several
+processes under ``accelerate launch`` (:mod:`.train_parts`).
 
 Frames are streamed once through :func:`motionnft.video.sample_frames`, centre-cropped to a
 square, resized to ``size`` and kept as uint8 (3·size² bytes each); the last ``holdout``
@@ -32,24 +39,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..training.checkpoints import Checkpoints
 from ..training.interrupt import DeferInterrupt
 from ..training.stepping import StepRunResult, add_setting_flags, run_steps, settings_from_flags
 from ..training.seeding import derived_generator, rng_state, set_rng_state
-from ..video import sample_frames
 from .animate import animate
-from .config import PRESETS, TPSMMConfig
+from .config import PRESETS
+from .decoupling import decoupling_loss
 from .losses import (BACKGROUND_WEIGHT, EQUIVARIANCE_WEIGHT, PERCEPTUAL_WEIGHTS, POINTS_TPS, SCALES, SIGMA_AFFINE,
                      SIGMA_TPS, VGG19_FILE, WARP_WEIGHT, L1Pyramid, PerceptualPyramidLoss, RandomTPS,
                      background_loss, driving_encoder_maps, equivariance_loss, load_vgg19, warp_loss)
 from .model import TPSMM
+from .paper_model import AnimationModelConfig, build_model
+from .train_data import VideoFrames
+from .train_parts import Adversary, add_switch_flags, average_gradients, make_accelerator
 
 STATE_KEYS = {"step", "model", "optimizer", "rng", "config"}
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".gif")
 PERCEPTUAL = ("vgg19", "l1_pyramid")
 VGG_MIN_SIZE = 16
+DECOUPLING_WEIGHT = 1.0
+"""λ_dec: not given by the reference; 1 puts the (unit-scale) decoupling terms beside one perceptual level."""
+ADVERSARIAL_WEIGHT = 1.0
+FEATURE_MATCHING_WEIGHT = 10.0
+"""λ_adv and λ_fm: not given by the reference; FOMM's generator_gan 1 and feature_matching 10."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,12 @@ class AnimationTrainConfig:
         clip: inf-norm gradient clip of the keypoint and background networks.
         holdout: the last fraction of each video's frames, never trained on.
         sample_fps: frames read per second of video (None: every frame).
+        motion_optimization, decoupling: the paper model's parts (both off: TPSMM).
+        decoupling_weight: λ_dec of :func:`.decoupling.decoupling_loss` (with ``decoupling``).
+        adversarial_weight, feature_matching_weight: λ of the LSGAN generator loss and of the
+            discriminator feature matching; 0 and 0 (the default): no discriminator.
+        discriminator_scales: the discriminator's pyramid.
+        accelerate: use accelerate (device, several processes) when it is installed.
     """
 
     model: str = "tiny"
@@ -105,6 +124,13 @@ class AnimationTrainConfig:
     save_every: int = 500
     keep: int = 2
     log_every: int = 50
+    motion_optimization: bool = True
+    decoupling: bool = True
+    decoupling_weight: float = DECOUPLING_WEIGHT
+    adversarial_weight: float = 0.0
+    feature_matching_weight: float = 0.0
+    discriminator_scales: tuple[float, ...] = (1.0, 0.5)
+    accelerate: bool = True
 
     def __post_init__(self):
         if self.model not in PRESETS:
@@ -117,8 +143,12 @@ class AnimationTrainConfig:
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout: expected a fraction in [0, 1), got {self.holdout}")
 
-    def model_config(self) -> TPSMMConfig:
-        return PRESETS[self.model]()
+    def model_config(self) -> AnimationModelConfig:
+        return AnimationModelConfig.preset(self.model, self.motion_optimization, self.decoupling)
+
+    @property
+    def adversarial(self) -> bool:
+        return self.adversarial_weight > 0 or self.feature_matching_weight > 0
 
     def dropout_p(self, step: int) -> float:
         """TPS dropout probability at ``step`` (0 once ``dropout_until`` of the steps are done)."""
@@ -130,75 +160,6 @@ class AnimationTrainConfig:
 
     def lr(self, step: int) -> float:
         return self.learning_rate * 0.1 ** sum(step >= m * self.steps for m in self.lr_milestones)
-
-
-def video_paths(path: str | os.PathLike) -> list[Path]:
-    """One video file, or the video files of a folder (sorted by name)."""
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
-        if not found:
-            raise FileNotFoundError(f"{path}: no video files ({', '.join(VIDEO_SUFFIXES)})")
-        return found
-    if not path.is_file():
-        raise FileNotFoundError(f"video not found: {path}")
-    return [path]
-
-
-def square_frame(rgb, size: int) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 -> ``(3, size, size)`` uint8: centre square crop, anti-aliased resize."""
-    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
-    height, width = image.shape[2:]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    image = image[:, :, top:top + side, left:left + side]
-    if side != size:
-        image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return image[0].round().clamp(0, 255).to(torch.uint8)
-
-
-class VideoFrames:
-    """The frames of some videos at the training size, split into training and held-out parts.
-
-    Each video is decoded streamed (one frame at a time) and only its resized copy is kept.
-
-    Attributes:
-        videos: one ``(T, 3, size, size)`` uint8 tensor per video.
-        train_counts: frames of each video that training draws from (the first ones).
-    """
-
-    def __init__(self, videos: list[torch.Tensor], holdout: float = 0.0, names: list[str] | None = None):
-        self.videos, self.names = videos, names or [str(i) for i in range(len(videos))]
-        self.train_counts = [len(v) - int(round(holdout * len(v))) for v in videos]
-        for name, count, video in zip(self.names, self.train_counts, videos):
-            if count < 2:
-                raise ValueError(f"{name}: {len(video)} frames leave {count} to train on (need 2)")
-
-    @classmethod
-    def read(cls, path: str | os.PathLike, size: int, holdout: float = 0.0, sample_fps: float | None = None) -> "VideoFrames":
-        videos, names = [], []
-        for file in video_paths(path):
-            frames = [square_frame(frame.rgb, size) for frame in sample_frames(file, sample_fps or None)]
-            if not frames:
-                raise ValueError(f"{file}: no frames decoded")
-            videos.append(torch.stack(frames))
-            names.append(str(file))
-        return cls(videos, holdout, names)
-
-    def held_out(self, index: int = 0) -> torch.Tensor:
-        """``(T', 3, size, size)`` float in [0, 1]: the held-out frames of video ``index``."""
-        return self.videos[index][self.train_counts[index]:].float() / 255
-
-    def pairs(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``batch`` (source, driving) pairs ``(B, 3, S, S)`` in [0, 1]: a random video, two
-        frames of its training part drawn with replacement, the earlier one the source."""
-        sources, drivings = [], []
-        for _ in range(batch):
-            video = int(torch.randint(len(self.videos), (1,), generator=generator))
-            first, second = torch.randint(self.train_counts[video], (2,), generator=generator).sort().values.tolist()
-            sources.append(self.videos[video][first])
-            drivings.append(self.videos[video][second])
-        return torch.stack(sources).float() / 255, torch.stack(drivings).float() / 255
 
 
 AnimationTrainResult = StepRunResult  # what a run returns (a name kept for callers)
@@ -222,11 +183,22 @@ class AnimationTrainer:
         else:
             self.reconstruction = L1Pyramid(sum(config.perceptual_weights) / len(config.perceptual_weights),
                                             config.scales)
+        self.accelerator = make_accelerator(config.accelerate)
+        self.device = self.accelerator.device if self.accelerator is not None else torch.device("cpu")
+        self.reconstruction = self.reconstruction.to(self.device)
         torch.manual_seed(config.seed)  # the initial weights
-        self.model = TPSMM(config.model_config())
+        self.model = build_model(config.model_config()).to(self.device)
         self.model.check_frame_size(config.size, config.size)
         self.optimizer = torch.optim.Adam(self.model.parameters(), config.learning_rate,
                                           betas=(config.beta1, config.beta2))
+        self.adversary = None
+        if config.adversarial:
+            small = config.model == "tiny"
+            self.adversary = Adversary(config.discriminator_scales, 16 if small else 64, 128 if small else 512,
+                                       config.learning_rate, (config.beta1, config.beta2),
+                                       self.model.config.num_channels, self.device)
+        if self.accelerator is not None:
+            self.optimizer = self.accelerator.prepare_optimizer(self.optimizer)
         self.checkpoints = Checkpoints(self.out, config.keep)
         self.step = 0
 
@@ -238,8 +210,17 @@ class AnimationTrainer:
         bg_param = model.bg_predictor(source, driving) if use_background else None
         motion = model.dense_motion_network(source, kp_driving, kp_source, bg_param, config.dropout_p(step),
                                             derived_generator(config.seed, "tpsmm-dropout", step))
-        generated = model.inpainting_network(source, motion, warped_features=config.warp_weight > 0)
+        motion = model.refine_motion(source, motion)
+        generated = model.generate(source, motion, warped_features=config.warp_weight > 0)
         terms = {"perceptual": self.reconstruction(generated.prediction, driving)}
+        if generated.codes is not None and config.decoupling_weight > 0:
+            identity_driving = model.decoupling.identity_code(model.inpainting_network.encode(driving)[-1],
+                                                              generated.codes.identity_basis)
+            terms["decoupling"] = config.decoupling_weight * decoupling_loss(generated.codes, identity_driving)
+        if self.adversary is not None:
+            gan, matching = self.adversary.generator_terms(generated.prediction, driving)
+            terms["adversarial"] = config.adversarial_weight * gan
+            terms["feature_matching"] = config.feature_matching_weight * matching
         if config.equivariance_weight > 0:
             transform = RandomTPS(driving.shape[0], config.sigma_affine, config.sigma_tps, config.points_tps,
                                   derived_generator(config.seed, "tpsmm-equivariance", step))
@@ -252,11 +233,15 @@ class AnimationTrainer:
             terms["background"] = config.background_weight * background_loss(
                 bg_param, model.bg_predictor(driving, source))
         terms["l1"] = (generated.prediction - driving).abs().mean().detach()  # monitored, not optimised
+        self._last_prediction = generated.prediction  # the discriminator's step reuses it
         return terms
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pairs of ``step`` (a function of the seed and the step alone)."""
-        return self.data.pairs(self.config.batch_size, derived_generator(self.config.seed, "tpsmm-pairs", step))
+        """The pairs of ``step`` (a function of the seed, the step and the process alone)."""
+        process = self.accelerator.process_index if self.accelerator is not None else 0
+        keys = ("tpsmm-pairs", step) if process == 0 else ("tpsmm-pairs", step, process)
+        source, driving = self.data.pairs(self.config.batch_size, derived_generator(self.config.seed, *keys))
+        return source.to(self.device), driving.to(self.device)
 
     def train_step(self) -> dict:
         config = self.config
@@ -269,30 +254,48 @@ class AnimationTrainer:
             loss = sum(value for name, value in terms.items() if name != "l1")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(self.accelerator, self.model.parameters())
             for network in (self.model.kp_detector, self.model.bg_predictor):
                 if network is not None and config.clip > 0:
                     torch.nn.utils.clip_grad_norm_(network.parameters(), config.clip, norm_type=float("inf"))
             self.optimizer.step()
+            extra = {}
+            if self.adversary is not None:
+                extra["discriminator"] = self.adversary.step(self._last_prediction, driving, config.lr(self.step),
+                                                             self.accelerator)
+            self._last_prediction = None
             self.step += 1
-        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}, **extra}
 
     def state(self, interrupted: bool = False) -> dict:
-        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": rng_state(), "config": json.loads(json.dumps(dataclasses.asdict(self.config))),
-                "interrupted": interrupted}
+        state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "rng": rng_state(), "config": json.loads(json.dumps(dataclasses.asdict(self.config))),
+                 "interrupted": interrupted}
+        if self.adversary is not None:
+            state["adversary"] = self.adversary.state()
+        return state
 
-    def save_checkpoint(self, interrupted: bool = False) -> Path:
+    def save_checkpoint(self, interrupted: bool = False) -> Path | None:
+        if self.accelerator is not None and not self.accelerator.is_main_process:
+            return None  # one writer; every process holds the same weights
         return self.checkpoints.save(self.step, self.state(interrupted))
 
     def load_checkpoint(self, path: Path) -> None:
         state = self.checkpoints.load(path, STATE_KEYS, "a TPSMM trainer state (expected a dict with the model, "
                                       "the optimiser and the RNG state)")
-        for key in ("model", "size"):
-            if state["config"][key] != getattr(self.config, key):
-                raise ValueError(f"{path}: trained with {key}={state['config'][key]!r}; this run has "
+        # Runs written before the paper's parts existed were TPSMM runs (switches off).
+        for key in ("model", "size", "motion_optimization", "decoupling"):
+            if state["config"].get(key, False) != getattr(self.config, key):
+                raise ValueError(f"{path}: trained with {key}={state['config'].get(key, False)!r}; this run has "
                                  f"{getattr(self.config, key)!r}")
+        if ("adversary" in state) != (self.adversary is not None):
+            raise ValueError(f"{path}: trained {'with' if 'adversary' in state else 'without'} a discriminator; "
+                             f"this run has adversarial_weight={self.config.adversarial_weight}, "
+                             f"feature_matching_weight={self.config.feature_matching_weight}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.adversary is not None:
+            self.adversary.load(state["adversary"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
 
@@ -306,7 +309,9 @@ def load_model(checkpoint: str | os.PathLike) -> TPSMM:
     """The model of a checkpoint folder (or a run folder: its latest), in eval mode."""
     checkpoints = Checkpoints(checkpoint, keep=1)
     state = checkpoints.load(checkpoints.find(checkpoint), STATE_KEYS, "a TPSMM trainer state")
-    model = TPSMM(PRESETS[state["config"]["model"]]())
+    config = state["config"]
+    model = build_model(AnimationModelConfig.preset(config["model"], config.get("motion_optimization", False),
+                                                    config.get("decoupling", False)))
     model.load_state_dict(state["model"])
     return model.eval()
 
@@ -339,6 +344,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", default="auto", help="'auto', 'none', a run folder or a checkpoint folder")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     add_setting_flags(parser, AnimationTrainConfig)
+    add_switch_flags(parser, AnimationTrainConfig)
     return parser.parse_args(argv)
 
 

@@ -120,13 +120,17 @@ def _progress(args, total: int, counted: _Counter):
 
 def add_train_animation(commands) -> None:
     from ..animation.train import AnimationTrainConfig
+    from ..animation.train_parts import add_switch_flags
     from ..training.stepping import add_setting_flags
 
     train = commands.add_parser(
-        "train-animation", help="train a TPSMM image-animation model on videos",
-        description="Train the Thin-Plate Spline Motion Model on a video or a folder of videos (frames streamed, "
-        "the last --holdout of each never trained on) with TPSMM's losses: perceptual (VGG-19 from a local file; "
-        "--perceptual l1_pyramid is a weight-free stand-in), equivariance, warp, background. Checkpoints in "
+        "train-animation", help="train the image-animation model (TPSMM + motion optimisation + decoupling) on videos",
+        description="Train the feature-decoupling paper's model (TPSMM with a Swin motion-flow optimiser and "
+        "identity/motion decoupling; --no-motion-optimization --no-decoupling: plain TPSMM) on a video or a folder "
+        "of videos (frames streamed, the last --holdout of each never trained on) with TPSMM's losses: perceptual "
+        "(VGG-19 from a local file; --perceptual l1_pyramid is a weight-free stand-in), equivariance, warp, "
+        "background; plus the decoupling loss and, with --adversarial-weight / --feature-matching-weight, a "
+        "multi-scale PatchGAN. Checkpoints in "
         "RUN/checkpoints resume exactly; at the end RUN/tpsmm.safetensors holds the model for 'motionnft animate' "
         "and the Animate Image node, and the held-out reconstruction L1 is printed against the static source.",
     )
@@ -135,6 +139,7 @@ def add_train_animation(commands) -> None:
     train.add_argument("--resume", default="auto",
                        help="'auto' (default: continue from RUN's latest checkpoint), 'none', or a run / checkpoint folder")
     add_setting_flags(train, AnimationTrainConfig, dest_prefix="setting_")
+    add_switch_flags(train, AnimationTrainConfig, dest_prefix="setting_")
     train.set_defaults(handler=command_train_animation, output_folders=("out",), input_files=("video",))
 
 
@@ -155,8 +160,7 @@ def add_eval_animation(commands) -> None:
 
 
 def command_train_animation(args) -> int:
-    from ..animation.checkpoint import save_converted
-    from ..animation.model import NETWORKS
+    from ..animation.checkpoint import save_model
     from ..animation.train import AnimationTrainConfig, AnimationTrainer, VideoFrames, load_model, reconstruction_l1
     from ..training.stepping import settings_from_flags
 
@@ -165,8 +169,7 @@ def command_train_animation(args) -> int:
     result = AnimationTrainer(config, data, args.out).run(None if args.resume == "none" else args.resume)
     model = load_model(args.out)
     weights = args.out / "tpsmm.safetensors"
-    save_converted({name: getattr(model, name).state_dict() for name in NETWORKS if getattr(model, name, None)},
-                   weights)
+    save_model(model, weights)
     print(f"{args.out}: {result}")
     if config.holdout > 0:
         scores = reconstruction_l1(model, data.held_out(0))
@@ -182,7 +185,8 @@ def command_eval_animation(args) -> int:
 
     from ..animation import load_official_checkpoint
     from ..animation.frames import working_size
-    from ..animation.train import VideoFrames, reconstruction_l1, video_paths
+    from ..animation.train import VideoFrames, reconstruction_l1
+    from ..animation.train_data import video_paths
 
     if not 0.0 <= args.skip < 1.0:
         raise ValueError(f"--skip must be in [0, 1), got {args.skip}")
