@@ -4,6 +4,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .animation_nodes import AnimateImage
 from .drag_nodes import DragToFlow
+from .flowdiffusion_nodes import FlowDiffusionEdit
 from .flow_nodes import FlowToImage, FlowToOpticalFlow, OpticalFlow, OpticalFlowToFlow, WarpImageByFlow
 from .guidance_nodes import FlowAlignment, FlowFromFile, MotionGuidance
 from .judge_nodes import JudgeEditNode
@@ -23,6 +24,7 @@ NODES: list[type[io.ComfyNode]] = [
     LoadMotionLoraQwenImageEdit,
     MinePairs,
     DragToFlow,
+    FlowDiffusionEdit,
     FlowFromFile,
     MotionGuidance,
     FlowAlignment,

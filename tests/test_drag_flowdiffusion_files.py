@@ -13,6 +13,7 @@ from motionnft.drag.flowdiffusion_files import (CodecSpec, load_flowdiffusion_fi
                                                 save_flowdiffusion)
 from motionnft.drag.sd_unet import sd_unet_config, unet_from_sd_state
 from motionnft.drag.train_flowdiffusion import add_lora
+from sd_layout import to_ldm
 
 
 @pytest.fixture(autouse=True)
@@ -21,48 +22,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
-          "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-
-
-def to_ldm(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
-    """Test-only inverse of diffusers' converter: a diffusers UNet's tensors under the original SD
-    names (what ComfyUI's ``diffusion_model.state_dict()`` gives)."""
-    config, levels = unet.config, len(unet.config.block_out_channels)
-    blocks = config.layers_per_block
-    renames = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-               "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
-               "mid_block.resnets.0": "middle_block.0", "mid_block.attentions.0": "middle_block.1",
-               "mid_block.resnets.1": "middle_block.2"}
-    index = 1
-    for level in range(levels):
-        for layer in range(blocks):
-            renames[f"down_blocks.{level}.resnets.{layer}"] = f"input_blocks.{index}.0"
-            renames[f"down_blocks.{level}.attentions.{layer}"] = f"input_blocks.{index}.1"
-            index += 1
-        if level < levels - 1:
-            renames[f"down_blocks.{level}.downsamplers.0.conv"] = f"input_blocks.{index}.0.op"
-            index += 1
-    index = 0
-    for level in range(levels):
-        for layer in range(blocks + 1):
-            renames[f"up_blocks.{level}.resnets.{layer}"] = f"output_blocks.{index}.0"
-            renames[f"up_blocks.{level}.attentions.{layer}"] = f"output_blocks.{index}.1"
-            index += 1
-        if level < levels - 1:
-            attention = config.up_block_types[level].startswith("CrossAttn")
-            renames[f"up_blocks.{level}.upsamplers.0.conv"] = f"output_blocks.{index - 1}.{2 if attention else 1}.conv"
-    state = {}
-    for key, value in unet.state_dict().items():
-        prefix = max((p for p in renames if key.startswith(p + ".")), key=len)
-        rest = key[len(prefix) + 1:]
-        if ".resnets." in prefix:
-            head, _, tail = rest.partition(".")
-            rest = f"{RESNET[head]}.{tail}"
-        state[f"{renames[prefix]}.{rest}"] = value
-    return state
 
 
 def small_sd_config(in_channels: int = 4) -> dict:

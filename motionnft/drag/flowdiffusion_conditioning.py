@@ -44,6 +44,27 @@ class SDVAECodec:
         return ((self.vae.decode(latents.to(dtype) / self.scale).sample + 1) / 2).clamp(0, 1)
 
 
+class ChannelsLastVAECodec:
+    """A VAE called the way ComfyUI calls one: ``encode(images (B, H, W, 3) in [0, 1]) -> raw latents
+    (B, 4, h, w)`` and ``decode(raw latents) -> (B, H, W, 3) in [0, 1]`` (e.g. ComfyUI's ``VAE``
+    object's bound methods), with SD 1.5's latents times ``scale`` (0.18215) as FlowDiffusion reads
+    them. Results come back on the input's device.
+    """
+
+    def __init__(self, encode, decode, scale: float = SD15_LATENT_SCALE):
+        self._encode, self._decode, self.scale = encode, decode, float(scale)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        latents = self._encode(images.movedim(1, -1).float().contiguous())
+        return latents.to(images.device).float() * self.scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        images = self._decode((latents.float() / self.scale))
+        if images.ndim == 5:  # a video VAE's (B, T, H, W, 3): one frame
+            images = images[:, 0]
+        return images.movedim(-1, 1).to(latents.device).float().clamp(0, 1)
+
+
 class PooledRGBCodec:
     """Weight-free 4-channel codec: ``factor x factor`` average pooling of RGB in [-1, 1], plus
     their mean (the grey level) as a 4th channel so the latent has SD's 4 channels.

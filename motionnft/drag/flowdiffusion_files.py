@@ -120,7 +120,8 @@ def read_header(path: str | os.PathLike) -> dict:
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path}: not a FlowDiffusion file (its header has format={metadata.get('format')!r}, "
                          f"expected {FORMAT!r}); write one with save_flowdiffusion or motionnft train-drag "
-                         "--part flowdiffusion")
+                         "--part flowdiffusion (the official InstantDrag checkpoints are not read: their licence is "
+                         "research-only)")
     if metadata.get("kind") not in KINDS:
         raise ValueError(f"{path}: unknown FlowDiffusion file kind {metadata.get('kind')!r} (expected one of "
                          f"{', '.join(KINDS)})")

@@ -20,9 +20,13 @@ MODEL_FOLDERS = {
     "MotionNFT_LoadLoraKontext": "loras",
     "MotionNFT_LoadLoraQwenImageEdit": "loras",
     "MotionNFT_AnimateImage": "motionnft_animation",
+    "MotionNFT_DragToFlow": "motionnft_drag",
+    "MotionNFT_FlowDiffusionEdit": "motionnft_drag",
 }
 # Loaders whose file widget is not named *_name.
-MODEL_WIDGETS = {"MotionNFT_AnimateImage": "model"}
+MODEL_WIDGETS = {"MotionNFT_AnimateImage": "model", "MotionNFT_DragToFlow": "flowgen",
+                 "MotionNFT_FlowDiffusionEdit": "flowdiffusion"}
+NO_FILE = "none"  # a file combo's "no weights" choice (Drag to Flow's spline needs none)
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "upload")
 MUTED, BYPASSED = 2, 4
@@ -162,7 +166,8 @@ def model_files(workflow: dict, object_info: dict) -> dict[str, list[str]]:
             if not is_widget(kind, config):
                 continue
             named = name.endswith(("_name", "_name1", "_name2")) or name == MODEL_WIDGETS.get(node["type"])
-            if position < len(values) and named and combo_options(kind, config) is not None:
+            if position < len(values) and named and combo_options(kind, config) is not None \
+                    and values[position] != NO_FILE:
                 loaders.setdefault(node["type"], []).append(values[position])
             position += widget_slots(kind, config, name)
     return loaders
