@@ -179,7 +179,10 @@ def test_flowdiffusion_option_runs_a_trained_flowdiffusion(image, tmp_path):
                 "--out", tmp_path / "edit.png"]) == 0
     assert load_image(tmp_path / "edit.png").shape == (1, 3, 72, 96)
     # The run also left its weights as one file, which drag reads the same way.
-    assert (tmp_path / "fd" / "flowdiffusion.safetensors").is_file()
+    from motionnft.drag.flowdiffusion_files import read_header
+
+    header = read_header(tmp_path / "fd" / "flowdiffusion.safetensors")
+    assert (header["kind"], header["prediction_type"]) == ("full", "v_prediction")  # the tiny model's setting
     assert run(["drag", "--image", image, "--drags", "40,30,52,34", "--flowdiffusion",
                 tmp_path / "fd" / "flowdiffusion.safetensors", "--steps", "2", "--out", tmp_path / "edit2.png"]) == 0
     assert torch.equal(load_image(tmp_path / "edit2.png"), load_image(tmp_path / "edit.png"))

@@ -167,3 +167,23 @@ def test_a_pooled_codec_is_built_and_an_sd_vae_one_asks_for_the_vae():
     assert CodecSpec.pooled(2, 2.5).build().scale == 2.5
     with pytest.raises(ValueError, match="needs an SD 1.5 VAE"):
         CodecSpec.sd_vae().build()
+
+
+def test_a_vae_called_like_comfyuis_codes_like_sd_vae_codec():
+    """ComfyUI's VAE takes and gives (B, H, W, 3) images in [0, 1] and raw latents; wrapped, it
+    gives FlowDiffusion the SD 1.5 latents (times 0.18215) SDVAECodec gives."""
+    from diffusers import AutoencoderKL
+
+    from motionnft.drag.flowdiffusion_conditioning import ChannelsLastVAECodec, SDVAECodec
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4).eval()
+    reference = SDVAECodec(vae, scale=0.18215)
+    wrapped = ChannelsLastVAECodec(lambda x: vae.encode(x.movedim(-1, 1) * 2 - 1).latent_dist.mode(),
+                                   lambda z: ((vae.decode(z).sample + 1) / 2).clamp(0, 1).movedim(1, -1))
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        latents = wrapped.encode(images)
+        assert torch.allclose(latents, reference.encode(images), atol=1e-6)
+        assert torch.allclose(wrapped.decode(latents), reference.decode(latents), atol=1e-6)

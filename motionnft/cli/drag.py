@@ -71,6 +71,9 @@ def add_train_drag(commands) -> None:
                        help="training square in pixels, a multiple of 2**depth (default 64 tiny, 256 full)")
     train.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: the trainer's, 16)")
     train.add_argument("--scenes", type=int, default=3000, help="synthetic scenes (without --data; default 3000)")
+    train.add_argument("--prediction-type", choices=("v_prediction", "epsilon"), default="v_prediction",
+                       help="FlowDiffusion's output: v_prediction (default; the tiny model trained from scratch "
+                       "learns to use the flow only with it, see docs/drag.md) or epsilon (SD 1.5's)")
     train.add_argument("--seed", type=int, default=0, help="seed of the weights and of every draw (default 0)")
     train.add_argument("--resume", default="auto",
                        help="'auto' (default: continue from RUN's latest checkpoint), 'none', or a run / checkpoint folder")
@@ -292,7 +295,7 @@ def _train_flowdiffusion(args) -> int:
         from ..drag.train_flowdiffusion import FlowDiffusionTrainConfig, FlowDiffusionTrainer
     except ImportError as error:
         raise ValueError(f"--part flowdiffusion: FlowDiffusion is not available in this installation ({error})") from None
-    overrides = {"seed": args.seed}
+    overrides = {"seed": args.seed, "prediction_type": args.prediction_type}
     for name in ("steps", "batch_size", "size"):
         if getattr(args, name) is not None:
             if getattr(args, name) < 1:

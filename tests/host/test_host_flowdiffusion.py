@@ -19,6 +19,7 @@ from motionnft.drag.flowdiffusion import FlowDiffusion, from_sd_unet
 from motionnft.drag.flowdiffusion_conditioning import PooledRGBCodec
 from motionnft.drag.flowdiffusion_files import CodecSpec, save_flowdiffusion
 from motionnft.drag.flowdiffusion_sampling import edit_at_working_size
+from motionnft.drag.train_flowdiffusion import add_lora
 from motionnft.image import load_image, save_image
 from motionnft.synthetic import FigurePose, render_scene
 
@@ -26,6 +27,7 @@ SIZE = (72, 100)
 DRAGS = "50,30 -> 62,24; 30,50 -> 30,56"
 TINY = "tiny_flowdiffusion.safetensors"
 DELTA = "sd15_flowdiffusion_delta.safetensors"
+LORA = "sd15_flowdiffusion_lora.safetensors"
 CHECKPOINT = "tiny_sd15.safetensors"
 STEPS, SEED = 3, 5
 
@@ -104,12 +106,15 @@ def sd15_checkpoint(comfyui: ComfyUIServer) -> UNet2DConditionModel:
         model.unet.down_blocks[0].attentions[0].proj_out.weight.mul_(1.1)
     save_flowdiffusion(comfyui.models_dir / "motionnft_drag" / DELTA, model, CodecSpec.sd_vae(), 64, "delta",
                        base=base)
+    add_lora(model, rank=4)
+    save_flowdiffusion(comfyui.models_dir / "motionnft_drag" / LORA, model, CodecSpec.sd_vae(), 64, "lora")
     return base
 
 
-def test_an_sd15_checkpoint_with_a_delta_file_edits_at_the_image_size(comfyui: ComfyUIServer, picture,
-                                                                      sd15_checkpoint):
-    edit = saved(comfyui, comfyui.run(graph(picture, "sd15_edit", DELTA, CHECKPOINT)))
+@pytest.mark.parametrize("weights", [DELTA, LORA], ids=["delta", "lora"])
+def test_an_sd15_checkpoint_with_a_delta_or_lora_file_edits_at_the_image_size(comfyui: ComfyUIServer, picture,
+                                                                              sd15_checkpoint, weights):
+    edit = saved(comfyui, comfyui.run(graph(picture, f"sd15_{weights[:-12]}", weights, CHECKPOINT)))
     assert edit.shape == (*SIZE, 3) and np.isfinite(edit).all()
     assert edit.std() > 0  # an image, not a constant
     assert "Missing VAE keys" not in comfyui.log_text()
