@@ -413,6 +413,53 @@ WORKFLOWS.append(
 )
 
 
+WORKFLOWS.append(
+    Workflow(
+        file="instant_drag.json",
+        note=(
+            "InstantDrag in one click: drag points on the image, FlowGen turns the drags into a dense flow, "
+            "FlowDiffusion edits the image to follow it.\n"
+            "\n"
+            "On Drag to Flow, click a point of the image and drag it to where it should go (several pairs; "
+            "Undo / Clear). method FlowGen reads the image to move the dragged part (thin-plate spline needs "
+            "no weights). FlowDiffusion Edit makes the edit (image and flow guidance 1.5, 20 DDIM steps, as "
+            "the paper); Flow to Image shows the FlowGen flow, and Flow Alignment measures how well the edit "
+            "follows it (DIS flow from the source to the edit against the FlowGen flow: end-point errors, "
+            "reward, MAS, an error map).\n"
+            "\n"
+            "Model files: models/motionnft_drag/flowgen.safetensors and "
+            "models/motionnft_drag/flowdiffusion.safetensors, made on your own clip by two commands:\n"
+            "  motionnft train-drag --data DATASET --part flowgen --out runs/flowgen\n"
+            "  motionnft train-drag --data DATASET --part flowdiffusion --out runs/flowdiffusion\n"
+            "(DATASET: pairs mined with 'motionnft mine --save-flow'), then copy runs/*/flow*.safetensors "
+            "into ComfyUI/models/motionnft_drag. A FlowDiffusion delta or LoRA file on SD 1.5 also needs Load"
+            " Checkpoint's MODEL and VAE connected to FlowDiffusion Edit. Example image: copy "
+            "workflows/images/*.png from the MotionNFT pack into ComfyUI/input."
+        ),
+        nodes=[
+            Node(1, "LoadImage", (0, 0), {"image": "motionnft_example_input.png"}),
+            Node(2, "MotionNFT_DragToFlow", (340, 0), {
+                "drags": json.dumps({"size": [256, 256], "drags": [[150.0, 150.0, 190.0, 95.0], [110.0, 70.0, 122.0, 70.0]]}),
+                "smoothness": 0.0, "method": "FlowGen", "flowgen": "flowgen.safetensors",
+            }, size=(360, 560)),
+            Node(3, "MotionNFT_FlowDiffusionEdit", (740, 0), {
+                "flowdiffusion": "flowdiffusion.safetensors", "image_guidance": 1.5, "flow_guidance": 1.5, "steps": 20,
+                "seed": 0,
+            }, size=(340, 300)),
+            Node(4, "SaveImage", (1120, 0), {"filename_prefix": "motionnft/instant_drag"}, "edit"),
+            Node(5, "MotionNFT_FlowToImage", (740, 340), {}),
+            Node(6, "PreviewImage", (1120, 400), {}, "FlowGen flow"),
+            Node(7, "MotionNFT_FlowAlignment", (740, 600), {"backend": "dis", "max_error": 0.0}, size=(340, 360)),
+        ],
+        links=[
+            (1, "IMAGE", 2, "image"), (1, "IMAGE", 3, "image"), (2, "flow", 3, "flow"), (3, "image", 4, "images"),
+            (2, "flow", 5, "flow"), (5, "image", 6, "images"),
+            (1, "IMAGE", 7, "source_image"), (3, "image", 7, "result"), (2, "flow", 7, "target_flow"),
+        ],
+    )
+)
+
+
 BUILD_SCRIPT = """
 (spec) => {
   const graph = window.app.graph;
