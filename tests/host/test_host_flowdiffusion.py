@@ -5,6 +5,8 @@ CheckpointLoaderSimple with a delta file on top, and the errors a user meets fir
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -123,3 +125,24 @@ def test_an_sd15_checkpoint_with_a_delta_or_lora_file_edits_at_the_image_size(co
 def test_a_delta_file_without_its_checkpoint_says_what_to_connect(comfyui: ComfyUIServer, picture, sd15_checkpoint):
     message = comfyui.run_expecting_error(graph(picture, "delta_alone", DELTA))
     assert "model:" in message and "delta file" in message and "Load Checkpoint" in message
+
+
+def test_cancel_stops_an_edit_between_steps(comfyui: ComfyUIServer, picture):
+    """200 steps at 128 px take tens of seconds on this CPU; Cancel (POST /interrupt) ends the run
+    within a few seconds, as an interruption (not an error or a finished edit)."""
+    torch.manual_seed(0)
+    save_flowdiffusion(comfyui.models_dir / "motionnft_drag" / "slow_flowdiffusion.safetensors",
+                       FlowDiffusion.tiny(64).eval(), CodecSpec.pooled(2, 2.5), 128)
+    nodes = graph(picture, "cancelled", "slow_flowdiffusion.safetensors")
+    nodes["3"]["inputs"]["steps"] = 200
+    prompt_id = comfyui.queue(nodes)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not comfyui.get("/queue")["queue_running"]:
+        time.sleep(0.05)
+    time.sleep(2.0)  # inside the denoising loop by now
+    comfyui.post("/interrupt", {})
+    interrupted = time.monotonic()
+    entry = comfyui.wait(prompt_id, timeout=120)
+    kinds = [kind for kind, _ in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds, comfyui.log_tail()
+    assert time.monotonic() - interrupted < 10
