@@ -30,6 +30,7 @@ DRAGS = "50,30 -> 62,24; 30,50 -> 30,56"
 TINY = "tiny_flowdiffusion.safetensors"
 DELTA = "sd15_flowdiffusion_delta.safetensors"
 LORA = "sd15_flowdiffusion_lora.safetensors"
+POOLED_DELTA = "sd15_flowdiffusion_pooled_delta.safetensors"
 CHECKPOINT = "tiny_sd15.safetensors"
 STEPS, SEED = 3, 5
 
@@ -92,7 +93,7 @@ def test_a_tiny_flowdiffusion_file_edits_like_the_library(comfyui: ComfyUIServer
 
 
 @pytest.fixture(scope="module")
-def sd15_checkpoint(comfyui: ComfyUIServer) -> UNet2DConditionModel:
+def sd15_checkpoint(comfyui: ComfyUIServer) -> FlowDiffusion:
     """The smallest UNet ComfyUI detects as SD 1.5, saved in the original layout with a VAE that
     ComfyUI reads as a (random) TAESD (its every weight: ComfyUI leaves missing ones uninitialised), and a FlowDiffusion delta fine-tuned from it."""
     torch.manual_seed(1)
@@ -108,9 +109,14 @@ def sd15_checkpoint(comfyui: ComfyUIServer) -> UNet2DConditionModel:
         model.unet.down_blocks[0].attentions[0].proj_out.weight.mul_(1.1)
     save_flowdiffusion(comfyui.models_dir / "motionnft_drag" / DELTA, model, CodecSpec.sd_vae(), 64, "delta",
                        base=base)
+    # The same delta on the weight-free codec: the edit can be recomputed outside ComfyUI.
+    save_flowdiffusion(comfyui.models_dir / "motionnft_drag" / POOLED_DELTA, model, CodecSpec.pooled(8, 1.0), 64,
+                       "delta", base=base)
+    fine_tuned = from_sd_unet(base)
+    fine_tuned.load_state_dict(model.state_dict())
     add_lora(model, rank=4)
     save_flowdiffusion(comfyui.models_dir / "motionnft_drag" / LORA, model, CodecSpec.sd_vae(), 64, "lora")
-    return base
+    return fine_tuned.eval()
 
 
 @pytest.mark.parametrize("weights", [DELTA, LORA], ids=["delta", "lora"])
@@ -120,6 +126,18 @@ def test_an_sd15_checkpoint_with_a_delta_or_lora_file_edits_at_the_image_size(co
     assert edit.shape == (*SIZE, 3) and np.isfinite(edit).all()
     assert edit.std() > 0  # an image, not a constant
     assert "Missing VAE keys" not in comfyui.log_text()
+
+
+def test_the_checkpoint_loaders_unet_plus_the_delta_is_the_fine_tuned_model(comfyui: ComfyUIServer, picture,
+                                                                            sd15_checkpoint):
+    """ComfyUI's UNet (original layout), converted and with the delta applied, edits exactly as the
+    diffusers model the delta was saved from."""
+    edit = saved(comfyui, comfyui.run(graph(picture, "sd15_pooled", POOLED_DELTA, CHECKPOINT)))
+    image = load_image(comfyui.input_dir / picture)
+    flow = drags_to_flow(parse_drags(DRAGS), *SIZE, smoothness=0.0, pinned_border_points=8)
+    expected = edit_at_working_size(sd15_checkpoint, image, flow, codec=PooledRGBCodec(8, 1.0), size=64, steps=STEPS,
+                                    seed=SEED)
+    assert np.abs(edit - expected[0].permute(1, 2, 0).numpy()).mean() < 2 / 255
 
 
 def test_a_delta_file_without_its_checkpoint_says_what_to_connect(comfyui: ComfyUIServer, picture, sd15_checkpoint):
