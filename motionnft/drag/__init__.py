@@ -8,7 +8,8 @@ weight files). The training entry point is imported from its module, not here, s
 drawing a spline does not load the trainer.
 
 InstantDrag's FlowDiffusion (:mod:`.flowdiffusion`: a flow-conditioned SD 1.5 UNet, sampled by
-:mod:`.flowdiffusion_sampling`, trained by :mod:`.train_flowdiffusion`) needs diffusers: its
+:mod:`.flowdiffusion_sampling`, trained by :mod:`.train_flowdiffusion`, saved by
+:mod:`.flowdiffusion_files`; SD 1.5 UNets in ComfyUI's layout: :mod:`.sd_unet`) needs diffusers: its
 names below are imported on first use, for the same reason.
 """
 
@@ -36,7 +37,9 @@ _FLOWDIFFUSION = {
     "tiny_config": "flowdiffusion", "PooledRGBCodec": "flowdiffusion_conditioning",
     "SDVAECodec": "flowdiffusion_conditioning", "flow_condition": "flowdiffusion_conditioning",
     "flowdiffusion_edit": "flowdiffusion_sampling", "combine_guidance": "flowdiffusion_sampling",
-    "make_scheduler": "flowdiffusion_sampling",
+    "make_scheduler": "flowdiffusion_sampling", "edit_at_working_size": "flowdiffusion_sampling",
+    "CodecSpec": "flowdiffusion_files", "save_flowdiffusion": "flowdiffusion_files",
+    "load_flowdiffusion_file": "flowdiffusion_files", "unet_from_sd_state": "sd_unet",
 }
 __all__ += list(_FLOWDIFFUSION)
 
