@@ -45,8 +45,9 @@ class AnimateImage(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Moves a source image as a driving video moves (Thin-Plate Spline Motion Model, Zhao & Zhang "
-                "CVPR 2022, MIT licence). Weights: the official vox/taichi/ted/mgif .pth.tar (or their "
-                ".safetensors) in models/motionnft_animation. The driving video is decoded one frame at a time; "
+                "CVPR 2022, MIT licence), or with the feature-decoupling paper's model built on it. Weights: the "
+                "official vox/taichi/ted/mgif .pth.tar (or their .safetensors), or a 'motionnft train-animation' "
+                ".safetensors (the model kind is read from the file), in models/motionnft_animation. The driving video is decoded one frame at a time; "
                 "outputs the animated frames and their fps for Create Video -> Save Video."
             ),
             inputs=[
@@ -55,8 +56,9 @@ class AnimateImage(io.ComfyNode):
                 io.Combo.Input(
                     "model", options=[NO_MODEL, *folder_paths.get_filename_list(ANIMATION_FOLDER)],
                     default=NO_MODEL,
-                    tooltip="TPSMM weights in models/motionnft_animation: an official checkpoint (vox.pth.tar "
-                    "for faces, taichi, ted, mgif) or its converted .safetensors.",
+                    tooltip="Weights in models/motionnft_animation: an official TPSMM checkpoint (vox.pth.tar "
+                    "for faces, taichi, ted, mgif), its converted .safetensors, or a train-animation .safetensors "
+                    "(TPSMM or the paper's model; the kind is read from the file).",
                 ),
                 io.Combo.Input(
                     "mode", options=list(MODES), default="relative",

@@ -18,13 +18,16 @@ def add_animate(commands) -> None:
     animate = commands.add_parser(
         "animate", help="animate an image with a driving video (Thin-Plate Spline Motion Model)",
         description="Move IMAGE as the driving VIDEO moves, with a TPSMM checkpoint (Zhao & Zhang, CVPR 2022; "
-        "the official vox/taichi/ted/mgif .pth.tar, MIT licence, or their .safetensors). The output video has "
+        "the official vox/taichi/ted/mgif .pth.tar, MIT licence, or their .safetensors), or a 'motionnft "
+        "train-animation' .safetensors (TPSMM or the feature-decoupling paper's model, the kind read from the file). "
+        "The output video has "
         "one frame per driving frame, at the driving video's frame rate, square at the model's size.",
     )
     animate.add_argument("--image", type=Path, required=True, help="the source image to animate")
     animate.add_argument("--video", type=Path, required=True, help="the driving video")
     animate.add_argument("--model", type=Path, required=True,
-                         help="TPSMM weights: an official checkpoint (vox.pth.tar ...) or its .safetensors")
+                         help="weights: an official TPSMM checkpoint (vox.pth.tar ...), its .safetensors, or a "
+                         "train-animation .safetensors (TPSMM or the paper's model)")
     animate.add_argument("--mode", choices=MODES, default="relative",
                          help="relative (default): the source keeps its shape and moves as the video moves from "
                          "its first frame; standard: the source takes each frame's absolute pose; avd: the AVD "
