@@ -23,7 +23,7 @@ import comfy.samplers
 import folder_paths
 
 from ..motionnft.flow import FLOW_FILE_SUFFIXES, flow_to_color, read_flow_file
-from ..motionnft.guidance import GuidanceConfig, MotionEnergy, guide_step, guided_steps, noised
+from ..motionnft.guidance import GuidanceConfig, MotionEnergy, default_edit_mask, guide_step, guided_steps, noised
 from ..motionnft.guidance.alignment import GUIDE_FLOWS, flow_alignment, guidance_flow
 from ..motionnft.report import colorize
 from .common import (
@@ -200,7 +200,10 @@ class MotionGuidance(io.ComfyNode):
                                tooltip="Back-propagate only through the VAE decoder and flow network (default: far "
                                "less memory, and works with every model) or also through the diffusion model (the "
                                "paper; ComfyUI's FLUX code has no backward for some of its kernels)."),
-                io.Mask.Input("mask", optional=True, tooltip="Where the image may change; outside, the source is kept."),
+                io.Mask.Input("mask", optional=True, tooltip="Where the image may change; outside, the source is kept. "
+                              "Without one: where the flow moves pixels and where they land, grown by 1/20 of the "
+                              "shorter side (guidance is much less reliable on the whole image); connect a white "
+                              "mask to let every pixel change."),
                 flow_model_inputs()[0],
             ],
             outputs=[io.Guider.Output()],
@@ -225,7 +228,10 @@ class MotionGuidance(io.ComfyNode):
         guider = MotionGuider(model)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
-        edit_mask = None if mask is None else check_mask("mask", mask, tuple(source.shape[-2:]))[:1]
+        if mask is None:
+            edit_mask = default_edit_mask(flow)[:, 0]
+        else:
+            edit_mask = check_mask("mask", mask, tuple(source.shape[-2:]))[:1]
         guider.set_motion(vae, source, flow, edit_mask, flow_fn, config)
         return io.NodeOutput(guider)
 

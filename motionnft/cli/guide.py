@@ -25,7 +25,11 @@ def add_guide(commands) -> None:
     guide.add_argument("--flow", type=Path, required=True,
                        help="target flow of IMAGE's pixels, source -> result (.flo, or .npy/.npz (H, W, 2) or (2, H, W))")
     guide.add_argument("--mask", type=Path, default=None,
-                       help="edit mask image (white = may change); outside it the result keeps the source")
+                       help="edit mask image (white = may change); outside it the result keeps the source "
+                       "(default: where the target flow moves pixels and where they land, grown by 1/20 of the "
+                       "shorter side)")
+    guide.add_argument("--whole-image", action="store_true",
+                       help="no edit mask: every pixel may change (less reliable: see docs/guidance.md)")
     guide.add_argument("--prompt", default="", help="instruction for the model (default empty)")
     guide.add_argument("--out", type=Path, required=True, help="the guided result (PNG)")
     guide.add_argument("--unguided-out", type=Path, default=None, help="also save the unguided result")
@@ -66,7 +70,7 @@ def command_guide(args) -> int:
 
     from ..flow import create_estimator, read_flow_file, resize_flow
     from ..generate import EditGenerator, GenerationSettings
-    from ..guidance import GuidanceConfig, guided_edit
+    from ..guidance import GuidanceConfig, default_edit_mask, guided_edit
     from ..guidance.alignment import flow_alignment, guidance_flow
     from ..image import load_image, resize_image, save_image
 
@@ -93,7 +97,10 @@ def command_guide(args) -> int:
     size = generator.size_for(*source.shape[-2:])
     # the image and its flow are resized together (non-uniformly when the working size rounds the aspect)
     work_source, work_target = resize_image(source, size), resize_flow(target, size)
-    work_mask = None if mask is None else (resize_image(mask.expand(-1, 3, -1, -1), size)[:, :1] > 0.5).float()
+    if mask is not None:
+        work_mask = (resize_image(mask.expand(-1, 3, -1, -1), size)[:, :1] > 0.5).float()
+    else:
+        work_mask = None if args.whole_image else default_edit_mask(work_target)
     with torch.no_grad():
         condition = model.encode_condition(args.prompt, work_source, size)
     noise = model.noise(1, size, torch.Generator().manual_seed(args.seed))

@@ -40,13 +40,13 @@ from .parameterization import (PREDICTIONS, Levels, ddim_levels, flow_matching_l
 from .sampler import GuidedSample, guided_sample, guided_sample_ddim, guided_sample_flow
 from .step import (GuidedPrediction, autograd_enabled, clip_correction, flow_matching_level, guide_step,
                    guided_denoiser, vp_level)
-from .targets import FlowErrors, dilate, edit_region, flow_errors, translation_flow
+from .targets import FlowErrors, default_edit_mask, dilate, edit_region, flow_errors, translation_flow
 
 __all__ = [
     "CLIP_MODES", "COLOUR_WARPS", "DEFAULT_STEPS", "FlowErrors", "GuidanceConfig", "GuidedEdit", "GuidedPrediction",
     "GuidedSample",
     "Levels", "MotionEnergy", "OFFICIAL", "PREDICTIONS", "autograd_enabled", "clip_correction", "colour_term",
-    "correlation_flow_fn", "ddim_levels", "dilate", "edit_region", "estimator_flow_fn", "flow_errors",
+    "correlation_flow_fn", "ddim_levels", "default_edit_mask", "dilate", "edit_region", "estimator_flow_fn", "flow_errors",
     "flow_matching_level", "flow_matching_levels", "flow_term", "guide_step", "guided_denoiser", "guided_edit",
     "guided_pass_count", "guided_sample", "guided_sample_ddim", "guided_sample_flow", "guided_steps",
     "join_prediction", "noised", "normal_tensor", "occlusion_mask", "renoise", "source_tokens", "split_prediction",

@@ -54,6 +54,23 @@ def edit_region(target_flow: torch.Tensor, margin: int = 2, threshold: float = 1
     return dilate((moving + landed).clamp(max=1.0), margin)
 
 
+def default_edit_mask(target_flow: torch.Tensor) -> torch.Tensor:
+    """The edit mask used when the user gives none: :func:`edit_region` of ``target_flow`` with a
+    margin of a twentieth of the shorter side (at least 3 px: 3 at 64², 25 at 512²).
+
+    Why a mask by default: on the tiny base, guidance without one ended nearer the target than the
+    same noise unguided in only 4 of 6 draws (mean moved-pixel EPE 7.4 vs 7.2 px), and the result
+    swung with the CPU's float rounding; with this mask it is 0.30 ± 0.04 px vs 7.7 px over 8 draws
+    (docs/guidance.md). The paper also keeps the region outside the edit from the source.
+
+    Args:
+        target_flow: ``(B, 2, H, W)`` pixels.
+    Returns:
+        ``(B, 1, H, W)`` float in {0, 1}.
+    """
+    return edit_region(target_flow, margin=max(3, min(target_flow.shape[-2:]) // 20))
+
+
 @dataclass
 class FlowErrors:
     """End-point errors of estimated flows against a target, per sample ``(B,)`` in pixels.
