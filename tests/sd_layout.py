@@ -85,3 +85,61 @@ def taesd_state(latent_channels: int = 4) -> dict[str, torch.Tensor]:
     state.update({f"taesd_decoder.{k}": v for k, v in decoder.state_dict().items()})
     state.update(vae_scale=torch.tensor(1.0), vae_shift=torch.tensor(0.0))
     return state
+
+
+def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
+    """Test-only inverse of diffusers' ``convert_ldm_vae_checkpoint``: a diffusers ``AutoencoderKL``'s
+    tensors under the original SD names (``encoder.down.0.block.0.conv1.weight``, ...; the
+    mid-block attention's projections as 1 x 1 convolutions, as the original code stores them)."""
+    levels = len(vae.config.block_out_channels)
+    state = {}
+    for key, value in vae.state_dict().items():
+        name = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+        name = name.replace("mid_block.resnets.0", "mid.block_1").replace("mid_block.resnets.1", "mid.block_2")
+        if "mid_block.attentions.0." in name:
+            name = name.replace("mid_block.attentions.0.", "mid.attn_1.")
+            for new, old in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"),
+                             ("to_out.0", "proj_out")):
+                name = name.replace(f"attn_1.{new}.", f"attn_1.{old}.")
+            if value.ndim == 2:
+                value = value[:, :, None, None]
+        for level in range(levels):
+            name = name.replace(f"encoder.down_blocks.{level}.resnets.", f"encoder.down.{level}.block.")
+            name = name.replace(f"encoder.down_blocks.{level}.downsamplers.0.", f"encoder.down.{level}.downsample.")
+            # the decoder's levels are numbered from the bottom in the original layout
+            name = name.replace(f"decoder.up_blocks.{level}.resnets.", f"decoder.up.{levels - 1 - level}.block.")
+            name = name.replace(f"decoder.up_blocks.{level}.upsamplers.0.", f"decoder.up.{levels - 1 - level}.upsample.")
+        state[name] = value
+    return state
+
+
+def tiny_sd_parts(seed: int = 0):
+    """(UNet, VAE, CLIP text model): SD 1.5's architecture shrunk for CPU tests. The UNet has
+    SD 1.5's 32 GroupNorm groups and 8 heads (what ``unet_from_sd_state`` assumes), the VAE its 4
+    levels (factor 8) and 4 latent channels, the text model its 49408-token vocabulary and 77
+    positions (the empty prompt's ids are SD 1.5's) at width 32, the UNet's cross-attention width."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    from motionnft.drag.flowdiffusion import tiny_config
+    from motionnft.drag.sd_checkpoint import sd15_text_config
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**dict(tiny_config(4), norm_num_groups=32)).eval()
+    vae = AutoencoderKL(block_out_channels=(32,) * 4, layers_per_block=1, norm_num_groups=32, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        scaling_factor=0.18215).eval()
+    text = CLIPTextModel(sd15_text_config(hidden_size=32, num_hidden_layers=2, num_attention_heads=1,
+                                          intermediate_size=64, projection_dim=32)).eval()
+    return unet, vae, text
+
+
+def sd_checkpoint_state(unet, vae, text=None) -> dict[str, torch.Tensor]:
+    """The three models' tensors as an original SD 1.5 single-file checkpoint holds them."""
+    state = {"model.diffusion_model." + k: v for k, v in to_ldm(unet).items()}
+    state.update({"first_stage_model." + k: v for k, v in vae_to_ldm(vae).items()})
+    if text is not None:
+        # "text_model.*" as SD 1.5 files have it (transformers 4's names; version 5 drops the prefix)
+        state.update({"cond_stage_model.transformer." + ("" if k.startswith("text_model.") else "text_model.") + k: v
+                      for k, v in text.state_dict().items()})
+    return {k: v.detach().clone().contiguous() for k, v in state.items()}

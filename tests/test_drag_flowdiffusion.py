@@ -14,8 +14,8 @@ from motionnft.drag.flowdiffusion_data import (EditPairFolder, background_compos
                                                figure_pairs)
 from motionnft.drag.flowdiffusion_sampling import (combine_guidance, flowdiffusion_edit, guided_noise,
                                                    make_scheduler, noise_prediction)
-from motionnft.drag.train_flowdiffusion import (FlowDiffusionTrainConfig, FlowDiffusionTrainer, diffusion_loss,
-                                                load_flowdiffusion, make_batch)
+from motionnft.drag.train_flowdiffusion import (FlowDiffusionTrainConfig, FlowDiffusionTrainer, conditions_unseen,
+                                                diffusion_loss, load_flowdiffusion, make_batch)
 from motionnft.flow.flo import write_flo
 from motionnft.image import save_image
 
@@ -63,6 +63,9 @@ def test_from_sd_unet_copies_every_weight_and_zero_inits_the_new_channels():
     assert torch.equal(base.conv_in.weight, original["conv_in.weight"])
     with pytest.raises(ValueError, match="4 input channels"):
         from_sd_unet(model.unet)
+    # A UNet built with in_channels left at diffusers' default (4) gets its 10 channels too.
+    implicit = UNet2DConditionModel(**{k: v for k, v in tiny_config(sample_size=16).items() if k != "in_channels"})
+    assert from_sd_unet(implicit).unet.conv_in.weight.shape[1] == 10
 
 
 def test_flow_condition_is_the_flow_over_the_image_size_at_latent_resolution():
@@ -193,8 +196,9 @@ def test_lora_rank_8_adapts_only_the_attention_projections(pairs, tmp_path):
     torch.manual_seed(0)
     model = FlowDiffusion.tiny(sample_size=16)
     frozen = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    trainer = FlowDiffusionTrainer(small_config(steps=2, lora_rank=8), pairs, tmp_path / "lora", model=model,
-                                   show_progress=False)
+    # lora_conv_in=False: the paper's LoRA alone (a fresh model would train conv_in too, see below)
+    trainer = FlowDiffusionTrainer(small_config(steps=2, lora_rank=8, lora_conv_in=False), pairs, tmp_path / "lora",
+                                   model=model, show_progress=False)
     names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
     assert names and all("lora_" in name for name in names)
     adapted = {name.split(".lora_")[0] for name in names}
@@ -213,7 +217,41 @@ def test_lora_rank_8_adapts_only_the_attention_projections(pairs, tmp_path):
             assert torch.equal(tensor, frozen[name.replace(".base_layer", "")]), name
     assert any(p.abs().max() > 0 for n, p in model.named_parameters() if "lora_B" in n)
     saved = torch.load(result.out / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=True)
-    assert saved["model"] and all("lora_" in name for name in saved["model"])
+    assert saved["model"] and all("lora_" in name or name.startswith("unet.conv_in.") for name in saved["model"])
+
+
+def test_a_lora_on_a_fresh_sd_unet_trains_conv_in_so_it_sees_the_conditions(pairs, tmp_path):
+    """from_sd_unet leaves the image / flow channels of conv_in zero; a LoRA with conv_in frozen
+    could never read the conditions. On such a model the trainer trains conv_in with the LoRA
+    and the checkpoint keeps it (resumed runs equal the straight one)."""
+    torch.manual_seed(0)
+    base = UNet2DConditionModel(**tiny_config(in_channels=4, sample_size=16))
+    model = from_sd_unet(base)
+    assert conditions_unseen(model)
+    trainer = FlowDiffusionTrainer(small_config(steps=2, lora_rank=2, learning_rate=1e-2), pairs, tmp_path / "run",
+                                   model=model, show_progress=False)
+    assert trainer.config.lora_conv_in is True  # resolved from the zero channels, saved with the run
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert {"unet.conv_in.weight", "unet.conv_in.bias"} <= trainable
+    assert all("lora_" in name for name in trainable - {"unet.conv_in.weight", "unet.conv_in.bias"})
+    trainer.run(None)
+    assert model.unet.conv_in.weight[:, 4:].abs().max() > 0 and not conditions_unseen(model)
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=True)
+    assert torch.equal(saved["model"]["unet.conv_in.weight"], model.unet.conv_in.weight)
+    # resumed from step 1 on a fresh model from the same base: the same weights, conv_in included
+    half = FlowDiffusionTrainer(small_config(steps=1, lora_rank=2, learning_rate=1e-2), pairs, tmp_path / "split",
+                                model=from_sd_unet(base), show_progress=False)
+    half.run(None)
+    rest = FlowDiffusionTrainer(small_config(steps=2, lora_rank=2, learning_rate=1e-2), pairs, tmp_path / "split",
+                                model=from_sd_unet(base), show_progress=False)
+    rest.run("auto")
+    for (name, a), b in zip(model.state_dict().items(), rest.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    # Asked not to, it stays blind: the new channels keep their zeros.
+    blind = from_sd_unet(base)
+    FlowDiffusionTrainer(small_config(steps=1, lora_rank=2, lora_conv_in=False), pairs, tmp_path / "blind",
+                         model=blind, show_progress=False).run(None)
+    assert conditions_unseen(blind)
 
 
 def test_resume_is_exact_and_the_checkpoint_loads(pairs, tmp_path):

@@ -9,7 +9,8 @@ drawing a spline does not load the trainer.
 
 InstantDrag's FlowDiffusion (:mod:`.flowdiffusion`: a flow-conditioned SD 1.5 UNet, sampled by
 :mod:`.flowdiffusion_sampling`, trained by :mod:`.train_flowdiffusion`, saved by
-:mod:`.flowdiffusion_files`; SD 1.5 UNets in ComfyUI's layout: :mod:`.sd_unet`) needs diffusers: its
+:mod:`.flowdiffusion_files`; SD 1.5 UNets in ComfyUI's layout: :mod:`.sd_unet`; whole SD 1.5
+checkpoints to fine-tune from: :mod:`.sd_checkpoint`) needs diffusers: its
 names below are imported on first use, for the same reason.
 """
 
@@ -40,6 +41,7 @@ _FLOWDIFFUSION = {
     "make_scheduler": "flowdiffusion_sampling", "edit_at_working_size": "flowdiffusion_sampling",
     "CodecSpec": "flowdiffusion_files", "save_flowdiffusion": "flowdiffusion_files",
     "load_flowdiffusion_file": "flowdiffusion_files", "unet_from_sd_state": "sd_unet",
+    "load_sd15": "sd_checkpoint", "SD15Parts": "sd_checkpoint",
 }
 __all__ += list(_FLOWDIFFUSION)
 

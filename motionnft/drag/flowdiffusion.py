@@ -164,6 +164,9 @@ def from_sd_unet(unet: UNet2DConditionModel, null_text: torch.Tensor | None = No
         raise ValueError(f"unet: expected an SD UNet with {LATENT_CHANNELS} input channels, got "
                          f"{unet.config.in_channels}")
     config = dict(unet.config)
+    # diffusers lists the arguments a model was built without under "_use_default_values" and
+    # from_config resets those to the defaults: in_channels among them would undo the 10.
+    config.pop("_use_default_values", None)
     config["in_channels"] = IN_CHANNELS
     with torch.device("meta"):  # no memory for the random initialisation we overwrite anyway
         flowdiffusion = UNet2DConditionModel.from_config(config)

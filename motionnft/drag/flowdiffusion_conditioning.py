@@ -36,12 +36,15 @@ class SDVAECodec:
             raise ValueError(f"vae: expected {LATENT_CHANNELS} latent channels, got {vae.config.latent_channels}")
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        dtype = next(self.vae.parameters()).dtype
-        return self.vae.encode(images.to(dtype) * 2 - 1).latent_dist.mode() * self.scale
+        """Latents on the VAE's device and in its dtype (the trainer's images come from the CPU)."""
+        parameter = next(self.vae.parameters())
+        images = images.to(parameter.device, parameter.dtype)
+        return self.vae.encode(images * 2 - 1).latent_dist.mode() * self.scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        dtype = next(self.vae.parameters()).dtype
-        return ((self.vae.decode(latents.to(dtype) / self.scale).sample + 1) / 2).clamp(0, 1)
+        parameter = next(self.vae.parameters())
+        latents = latents.to(parameter.device, parameter.dtype)
+        return ((self.vae.decode(latents / self.scale).sample + 1) / 2).clamp(0, 1)
 
 
 class ChannelsLastVAECodec:

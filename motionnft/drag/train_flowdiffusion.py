@@ -6,7 +6,10 @@ encode source and target; drop conditions (image 5 %, flow 10 %, the image only 
 flow: :func:`.flowdiffusion_data.condition_dropout`); noise the target latent at a uniform
 timestep of SD 1.5's schedule and regress the noise (MSE). Full fine-tuning, or LoRA
 (``lora_rank`` 8 on the attention projections ``to_q/to_k/to_v/to_out.0`` via peft, as the
-paper's per-scene fine-tuning) with everything else frozen.
+paper's per-scene fine-tuning) with everything else frozen but ``conv_in`` while the model has
+never seen the image and flow conditions (their input channels all zero, as
+:func:`.flowdiffusion.from_sd_unet` leaves them): a LoRA on the attention layers alone could not
+read them.
 
 Every draw of step ``s`` comes from ``derived_generator(seed, purpose, s)``; a checkpoint (the
 trained weights, the optimiser, the RNG, the step) resumes the run exactly. Ctrl-C waits for
@@ -21,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +35,9 @@ from ..training.checkpoints import Checkpoints
 from ..training.interrupt import DeferInterrupt
 from ..training.stepping import StepRunResult, add_setting_flags, run_steps, settings_from_flags
 from ..training.seeding import derived_generator, rng_state, set_rng_state
-from .flowdiffusion import PREDICTION_TYPES, FlowDiffusion
+from .flowdiffusion import LATENT_CHANNELS, PREDICTION_TYPES, FlowDiffusion
 from .flowdiffusion_conditioning import Codec, PooledRGBCodec, encode_images, flow_condition
+from .flowdiffusion_files import CONV_IN
 from .flowdiffusion_data import (FLOW_DROPOUT, IMAGE_DROPOUT, EditPairFolder, EditPairs, background_composite,
                                  condition_dropout, edit_region, figure_pairs)
 from .flowdiffusion_sampling import make_scheduler
@@ -53,6 +58,9 @@ class FlowDiffusionTrainConfig:
         steps, batch_size: optimiser steps and pairs per step.
         learning_rate, weight_decay, max_grad_norm: AdamW and gradient clipping.
         lora_rank: 0 trains every weight; > 0 trains only a LoRA of this rank (alpha = rank).
+        lora_conv_in: with a LoRA, also train the 10-channel ``conv_in`` (its weights are then kept
+            by checkpoints and ``lora`` files). None (default): when its image / flow channels are
+            all zero, i.e. the model was just made from an SD UNet and cannot see the conditions.
         prediction_type: the UNet's output, ``"epsilon"`` (SD 1.5, the paper) or ``"v_prediction"``
             (for the tiny model trained from scratch: see :class:`.flowdiffusion.FlowDiffusion`).
             Set on the model by the trainer and saved with the checkpoint.
@@ -71,6 +79,7 @@ class FlowDiffusionTrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     lora_rank: int = 0
+    lora_conv_in: bool | None = None
     prediction_type: str = "epsilon"
     image_dropout: float = IMAGE_DROPOUT
     flow_dropout: float = FLOW_DROPOUT
@@ -100,11 +109,16 @@ class FlowDiffusionTrainConfig:
 
 
 def add_lora(model: FlowDiffusion, rank: int = 8, alpha: float | None = None,
-             targets: tuple[str, ...] = LORA_TARGETS) -> list[str]:
+             targets: tuple[str, ...] = LORA_TARGETS, train_conv_in: bool = False) -> list[str]:
     """Freeze ``model`` and add a peft LoRA of ``rank`` to ``targets`` (default: every attention
     projection of its UNet).
 
-    Returns the names of the trainable (LoRA) parameters.
+    ``train_conv_in``: keep the 10-channel ``conv_in`` trainable too. A model fresh from
+    :func:`.flowdiffusion.from_sd_unet` needs it: its image and flow input channels are zero, and
+    frozen they stay zero, so the LoRA would never see the conditions
+    (:func:`conditions_unseen` tells that case).
+
+    Returns the names of the trainable parameters (the LoRA's, then ``conv_in``'s).
     """
     from peft import LoraConfig
 
@@ -113,10 +127,17 @@ def add_lora(model: FlowDiffusion, rank: int = 8, alpha: float | None = None,
                                       target_modules=list(targets)))
     names = []
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_("lora_" in name)
-        if "lora_" in name:
+        trainable = "lora_" in name or (train_conv_in and name in CONV_IN)
+        parameter.requires_grad_(trainable)
+        if trainable:
             names.append(name)
     return names
+
+
+def conditions_unseen(model: FlowDiffusion) -> bool:
+    """Whether ``model``'s ``conv_in`` ignores the image and flow (their input channels all zero):
+    a model just made by :func:`.flowdiffusion.from_sd_unet`, never trained on the conditions."""
+    return bool(model.unet.conv_in.weight[:, LATENT_CHANNELS:].detach().abs().max() == 0)
 
 
 @dataclass(frozen=True)
@@ -141,9 +162,9 @@ def make_batch(pairs: EditPairs, codec: Codec, config: FlowDiffusionTrainConfig,
     if config.composite:
         region = edit_region(pairs.flows, pairs.masks, config.motion_threshold, config.dilation)
         targets = background_composite(pairs.sources, targets, region)
-    with torch.no_grad():
-        target_latents = encode_images(codec, targets)
-        image_latents = encode_images(codec, pairs.sources)
+    with torch.no_grad():  # on the CPU in float32 like the noise (the codec may run on a GPU)
+        target_latents = encode_images(codec, targets).float().cpu()
+        image_latents = encode_images(codec, pairs.sources).float().cpu()
     flow = flow_condition(pairs.flows, tuple(image_latents.shape[-2:]))
     batch = target_latents.shape[0]
     keep_image, keep_flow = condition_dropout(batch, generator, config.image_dropout, config.flow_dropout)
@@ -171,10 +192,11 @@ def diffusion_loss(model: FlowDiffusion, noise_scheduler, batch: DiffusionBatch)
 
 
 def trainable_state(model: FlowDiffusion) -> dict[str, torch.Tensor]:
-    """What a checkpoint keeps: every tensor (full fine-tune), or only the LoRA's."""
+    """What a checkpoint keeps: every tensor (full fine-tune), or the LoRA's plus ``conv_in``
+    (trained with a LoRA made on a fresh model; 0.1 MB for SD 1.5, so kept either way)."""
     state = model.state_dict()
     if any("lora_" in name for name in state):
-        return {name: tensor for name, tensor in state.items() if "lora_" in name}
+        return {name: tensor for name, tensor in state.items() if "lora_" in name or name in CONV_IN}
     return state
 
 
@@ -185,13 +207,17 @@ class FlowDiffusionTrainer:
     """The model, its optimiser, the codec and the run folder's checkpoints.
 
     ``model``/``codec`` default to the tiny FlowDiffusion (initial weights from ``config.seed``)
-    and :class:`PooledRGBCodec`; pass a real SD 1.5 FlowDiffusion and :class:`SDVAECodec` instead.
-    For LoRA the base weights are not saved: a resumed run must be built on the same base.
+    and :class:`PooledRGBCodec`; pass a real SD 1.5 FlowDiffusion (``from_sd_unet``) and
+    :class:`SDVAECodec` instead, with ``base_name`` naming its SD 1.5 checkpoint. For LoRA the
+    base weights are not saved: a resumed run must be built on the same base (a checkpoint
+    records ``base_name``; resuming a base run without one, or the reverse, is refused).
     """
 
     def __init__(self, config: FlowDiffusionTrainConfig, data, out: str | os.PathLike,
-                 model: FlowDiffusion | None = None, codec: Codec | None = None, show_progress: bool = True):
+                 model: FlowDiffusion | None = None, codec: Codec | None = None, show_progress: bool = True,
+                 base_name: str | None = None):
         self.config, self.data, self.out, self.show_progress = config, data, Path(out), show_progress
+        self.base_name = base_name
         if model is None:
             torch.manual_seed(config.seed)  # the initial weights
             model = FlowDiffusion.tiny(config.size // config.codec_factor)
@@ -199,7 +225,16 @@ class FlowDiffusionTrainer:
         self.model = model
         self.codec = codec or PooledRGBCodec(config.codec_factor, config.codec_scale)
         if config.lora_rank:
-            add_lora(model, config.lora_rank)
+            train_conv_in = conditions_unseen(model) if config.lora_conv_in is None else config.lora_conv_in
+            # The resolved choice is what the run did: saved with it, and the same on resume
+            # (the model is rebuilt fresh before the checkpoint is loaded).
+            self.config = config = dataclasses.replace(config, lora_conv_in=train_conv_in)
+            # peft draws the LoRA's initial weights from the global RNG: seed them, so that a run
+            # is a function of its seed, without touching the caller's RNG state.
+            device = next(model.parameters()).device
+            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+                torch.manual_seed(config.seed)
+                add_lora(model, config.lora_rank, train_conv_in=train_conv_in)
         parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(parameters, config.learning_rate, weight_decay=config.weight_decay)
         self.noise_scheduler = make_scheduler("ddpm")
@@ -232,12 +267,14 @@ class FlowDiffusionTrainer:
     def save_checkpoint(self, interrupted: bool = False) -> Path:
         state = {"step": self.step, "model": trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
                  "rng": rng_state(), "config": json.loads(json.dumps(dataclasses.asdict(self.config))),
-                 "unet_config": json.loads(json.dumps(dict(self.model.unet.config))), "interrupted": interrupted}
+                 "unet_config": json.loads(json.dumps(dict(self.model.unet.config))), "interrupted": interrupted,
+                 "base": self.base_name or ""}
         return self.checkpoints.save(self.step, state)
 
     def load_checkpoint(self, path: Path) -> None:
         state = self.checkpoints.load(path, STATE_KEYS, "a FlowDiffusion trainer state (expected a dict with the "
                                       "model, the optimiser and the RNG state)")
+        _check_same_base(state.get("base") or None, self.base_name, path)  # first: the likeliest cause
         if int(state["config"]["lora_rank"]) != self.config.lora_rank:
             raise ValueError(f"{path}: trained with lora_rank {state['config']['lora_rank']}; this run has "
                              f"{self.config.lora_rank}")
@@ -262,6 +299,18 @@ class FlowDiffusionTrainer:
                                   self.config.size, kind, base)
 
 
+def _check_same_base(saved: str | None, given: str | None, path: Path) -> None:
+    if saved and not given:
+        raise ValueError(f"{path}: a run on the SD 1.5 base {saved}; resume it on that base (motionnft train-drag "
+                         f"--base {saved} again)")
+    if given and not saved:
+        raise ValueError(f"{path}: a run without an SD 1.5 base (the tiny model); it cannot continue on {given}: "
+                         "use another --out")
+    if saved and Path(saved).name != Path(given).name:
+        warnings.warn(f"{path}: the run started on the base {saved}, this one is {given}; a resumed run must use "
+                      "the same SD 1.5 weights")
+
+
 def load_trainable_state(model: FlowDiffusion, state: dict[str, torch.Tensor], where: Path | str = "state") -> None:
     """Load what :func:`trainable_state` saved; every saved tensor must find its place."""
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -279,6 +328,10 @@ def load_flowdiffusion(checkpoint: str | os.PathLike) -> FlowDiffusion:
     checkpoints = Checkpoints(checkpoint, keep=1)
     path = checkpoints.find(checkpoint)
     state = checkpoints.load(path, STATE_KEYS | {"unet_config"}, "a FlowDiffusion trainer state")
+    if state.get("base"):
+        raise ValueError(f"{path}: a run on the SD 1.5 base {state['base']}; use its flowdiffusion.safetensors with "
+                         "that checkpoint (the FlowDiffusion Edit node), or load_sd15 + from_sd_unet + "
+                         "load_trainable_state")
     if int(state["config"]["lora_rank"]):
         raise ValueError(f"{path}: a LoRA checkpoint; load its base model and apply it with load_trainable_state")
     model = FlowDiffusion(UNet2DConditionModel.from_config(state["unet_config"]),
