@@ -152,6 +152,11 @@ BAD = [
     ("train-drag --out run --steps 0", "--steps"),
     ("train-drag --out plain.txt", "plain.txt"),
     ("train-drag --out run --resume elsewhere", "elsewhere"),
+    ("train-drag --part flowdiffusion --base nowhere.safetensors --out run", "--base nowhere.safetensors"),
+    ("train-drag --part flowdiffusion --base notes.txt --out run", "--base notes.txt"),
+    ("train-drag --part flowdiffusion --base folder --out run", "--base folder"),
+    ("train-drag --part flowdiffusion --lora-rank 2 --out run", "--lora-rank"),
+    ("train-drag --base notes.txt --out run", "--base"),
 ]
 
 
@@ -220,3 +225,78 @@ def test_drag_with_a_flowdiffusion_file_is_the_librarys_edit_for_the_same_seed(i
     assert run(["drag", "--image", image, "--drags", "40,30,52,34", "--flowdiffusion", weights, "--steps", "3",
                 "--seed", "8", "--out", tmp_path / "other_seed.png"]) == 0
     assert not torch.equal(load_image(tmp_path / "other_seed.png"), load_image(tmp_path / "cli.png"))
+
+
+@pytest.fixture(scope="module")
+def sd_base(tmp_path_factory):
+    """A single-file SD 1.5 checkpoint of SD 1.5's architecture shrunk for the CPU (UNet, 4-level
+    VAE, CLIP text model at width 32), in the original layout."""
+    pytest.importorskip("diffusers")
+    from safetensors.torch import save_file
+
+    from sd_layout import sd_checkpoint_state, tiny_sd_parts
+
+    path = tmp_path_factory.mktemp("sd") / "tiny_sd15.safetensors"
+    save_file(sd_checkpoint_state(*tiny_sd_parts()), str(path))
+    return path
+
+
+def fd_outputs(model) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(3)
+    noisy, image = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator)
+    flow = torch.randn(2, 2, 8, 8, generator=generator)
+    with torch.no_grad():
+        return model(noisy, torch.tensor([5, 900]), image, flow)
+
+
+def trained_on_base(run_dir, base, lora_rank: int = 0):
+    """The model of a base run's final checkpoint, rebuilt by hand: from_sd_unet on the base
+    (+ the LoRA), its trained tensors loaded."""
+    from motionnft.drag.flowdiffusion import from_sd_unet
+    from motionnft.drag.sd_checkpoint import load_sd15
+    from motionnft.drag.train_flowdiffusion import add_lora, load_trainable_state
+
+    parts = load_sd15(base)
+    model = from_sd_unet(parts.unet, parts.null_text)
+    if lora_rank:
+        add_lora(model, lora_rank, train_conv_in=True)
+    state = torch.load(run_dir / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=True)
+    load_trainable_state(model, state["model"])
+    return parts, model.eval()
+
+
+@pytest.mark.parametrize("lora_rank", [0, 2], ids=["delta", "lora"])
+def test_train_drag_from_an_sd15_base_writes_a_file_that_reloads_to_the_trained_model(sd_base, tmp_path, capsys,
+                                                                                      lora_rank):
+    """--base: FlowDiffusion from the checkpoint's UNet, trained on its VAE's latents (64 px ->
+    8 x 8) with ε-prediction; the file (delta, or lora with --lora-rank) on that UNet is the model
+    the run trained."""
+    from motionnft.drag.flowdiffusion import from_sd_unet
+    from motionnft.drag.flowdiffusion_files import load_flowdiffusion_file, read_header
+
+    run_dir = tmp_path / "run"
+    argv = ["train-drag", "--part", "flowdiffusion", "--base", sd_base, "--out", run_dir, "--steps", "2",
+            "--batch-size", "1", "--size", "64", "--scenes", "2", "--learning-rate", "1e-2", "--quiet"]
+    assert run(argv + (["--lora-rank", lora_rank] if lora_rank else [])) == 0
+    printed = capsys.readouterr().out
+    assert "models/motionnft_drag" in printed and "same SD 1.5 checkpoint" in printed
+    path = run_dir / "flowdiffusion.safetensors"
+    header = read_header(path)
+    kind = "lora" if lora_rank else "delta"
+    assert (header["kind"], header["prediction_type"], header["working_size"]) == (kind, "epsilon", "64")
+    assert json.loads(header["codec"]) == {"kind": "sd-vae", "factor": 8, "scale": 0.18215}
+    settings = json.loads((run_dir / "config.json").read_text())
+    assert (settings["codec_factor"], settings["size"], settings["lora_rank"]) == (8, 64, lora_rank)
+    parts, trained = trained_on_base(run_dir, sd_base, lora_rank)
+    loaded, codec, size = load_flowdiffusion_file(path, parts.unet)
+    assert torch.allclose(fd_outputs(loaded), fd_outputs(trained), atol=1e-6)
+    assert torch.equal(loaded.null_text, parts.null_text)  # the checkpoint's CLIP on the empty prompt
+    untrained = from_sd_unet(parts.unet, parts.null_text).eval()
+    assert (fd_outputs(loaded) - fd_outputs(untrained)).abs().max() > 1e-4  # what it holds was trained
+    assert loaded.unet.conv_in.weight[:, 4:].abs().max() > 0  # and it reads the image and flow
+    # Resuming needs the same base again (the LoRA / delta is nothing without it).
+    assert run(["train-drag", "--part", "flowdiffusion", "--out", run_dir, "--steps", "2", "--scenes", "2",
+                "--quiet"]) == 2
+    assert "--base" in capsys.readouterr().err
+    assert run(argv + (["--lora-rank", lora_rank] if lora_rank else [])) == 0
+    assert "step 2" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """``motionnft drag`` (point drags -> dense flow -> moved image) and ``motionnft train-drag``
 (InstantDrag's FlowGen trainer, :mod:`motionnft.drag.train_flowgen`, and FlowDiffusion's
-where installed)."""
+where installed: :mod:`.train_flowdiffusion`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import re
 import sys
 from pathlib import Path
 
+from .train_flowdiffusion import add_flowdiffusion_options, train_flowdiffusion
+
 METHODS = ("spline", "flowgen")
 FITS = ("resize", "pad")
 MODELS = ("tiny", "full")
+SCENES = 3000
+"""Synthetic scenes drawn without --data (fewer with --base: see cli.train_flowdiffusion)."""
 
 _NUMBER = r"\s*-?(?:\d+(?:\.\d*)?|\.\d+)\s*"
 _QUADRUPLES = re.compile(rf"^{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}(?:;{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER})*;?\s*$")
@@ -55,7 +59,9 @@ def add_train_drag(commands) -> None:
         description="Train FlowGen on a dataset folder whose samples have images/<id>_flow.flo (what "
         "'motionnft mine' writes), or on synthetic figure scenes. Checkpoints go to RUN/checkpoints (a run "
         "resumes exactly); at the end RUN/flowgen.safetensors holds the generator for 'motionnft drag "
-        "--flowgen' and the Drag to Flow node (models/motionnft_drag).",
+        "--flowgen' and the Drag to Flow node (models/motionnft_drag). With --part flowdiffusion it trains "
+        "FlowDiffusion: the tiny model from scratch, or with --base SD15 fine-tuned from an SD 1.5 checkpoint "
+        "(RUN/flowdiffusion.safetensors).",
     )
     train.add_argument("--data", default=None,
                        help="dataset folder (metadata.jsonl + images/<id>_flow.flo); default or 'synthetic': "
@@ -70,15 +76,19 @@ def add_train_drag(commands) -> None:
     train.add_argument("--size", type=int, default=None,
                        help="training square in pixels, a multiple of 2**depth (default 64 tiny, 256 full)")
     train.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: the trainer's, 16)")
-    train.add_argument("--scenes", type=int, default=3000, help="synthetic scenes (without --data; default 3000)")
-    train.add_argument("--prediction-type", choices=("v_prediction", "epsilon"), default="v_prediction",
-                       help="FlowDiffusion's output: v_prediction (default; the tiny model trained from scratch "
-                       "learns to use the flow only with it, see docs/drag.md) or epsilon (SD 1.5's)")
+    train.add_argument("--scenes", type=int, default=None,
+                       help="synthetic scenes (without --data; default 3000, 200 with --base: at 512 px each "
+                       "scene's pair and flow take 3.7 MB)")
+    train.add_argument("--prediction-type", choices=("v_prediction", "epsilon"), default=None,
+                       help="FlowDiffusion's output: v_prediction (default without --base; the tiny model trained "
+                       "from scratch learns to use the flow only with it, see docs/drag.md) or epsilon (SD 1.5's "
+                       "and the paper's; default with --base)")
     train.add_argument("--seed", type=int, default=0, help="seed of the weights and of every draw (default 0)")
     train.add_argument("--resume", default="auto",
                        help="'auto' (default: continue from RUN's latest checkpoint), 'none', or a run / checkpoint folder")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(handler=command_train_drag, output_folders=("out",), input_files=("data",))
+    add_flowdiffusion_options(train)
+    train.set_defaults(handler=command_train_drag, output_folders=("out",), input_files=("data", "base"))
 
 
 def read_drag_option(text: str):
@@ -231,7 +241,11 @@ def _run_settings(folder: Path) -> dict:
 
 def command_train_drag(args) -> int:
     if args.part == "flowdiffusion":
-        return _train_flowdiffusion(args)
+        return train_flowdiffusion(args)
+    given = [f"--{name.replace('_', '-')}" for name in ("base", "learning_rate", "device")
+             if getattr(args, name) is not None] + (["--lora-rank"] if args.lora_rank else [])
+    if given:
+        raise ValueError(f"{', '.join(given)}: FlowDiffusion options; add --part flowdiffusion")
     import dataclasses
 
     from ..drag.flow_data import FlowPairFolder, figure_scenes
@@ -248,7 +262,7 @@ def command_train_drag(args) -> int:
     config = FlowGenTrainConfig(**overrides)
     if config.save_every > config.steps:
         config = dataclasses.replace(config, save_every=config.steps)
-    data = _data(args, lambda: figure_scenes(args.scenes, size, seed=config.seed),
+    data = _data(args, lambda: figure_scenes(args.scenes or SCENES, size, seed=config.seed),
                  lambda root: FlowPairFolder(root, (size, size)))
     trainer = FlowGenTrainer(config, data, args.out, show_progress=not args.quiet)
     result = trainer.run(_resume(args))
@@ -270,7 +284,7 @@ def _check_train_options(args, multiple: int) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.data in (None, "synthetic") and args.scenes < 1:
+    if args.data in (None, "synthetic") and args.scenes is not None and args.scenes < 1:
         raise ValueError(f"--scenes must be at least 1, got {args.scenes}")
     return size
 
@@ -287,30 +301,3 @@ def _data(args, synthetic, folder):
 
 def _resume(args):
     return None if args.resume == "none" else args.resume
-
-
-def _train_flowdiffusion(args) -> int:
-    try:
-        from ..drag.flowdiffusion_data import EditPairFolder, figure_pairs
-        from ..drag.train_flowdiffusion import FlowDiffusionTrainConfig, FlowDiffusionTrainer
-    except ImportError as error:
-        raise ValueError(f"--part flowdiffusion: FlowDiffusion is not available in this installation ({error})") from None
-    overrides = {"seed": args.seed, "prediction_type": args.prediction_type}
-    for name in ("steps", "batch_size", "size"):
-        if getattr(args, name) is not None:
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-            overrides[name] = getattr(args, name)
-    config = FlowDiffusionTrainConfig(**overrides)
-    data = _data(args, lambda: figure_pairs(args.scenes, config.size, seed=config.seed),
-                 lambda root: EditPairFolder(root, (config.size, config.size)))
-    trainer = FlowDiffusionTrainer(config, data, args.out, show_progress=not args.quiet)
-    result = trainer.run(_resume(args))
-    if result.interrupted:
-        print(f"motionnft train-drag: stopped at step {result.step}; run again to resume (no flowdiffusion.safetensors "
-              "written)", file=sys.stderr)
-        return 130
-    path = trainer.export()
-    print(f"{path}: FlowDiffusion ({config.size} px, step {result.step}); use it with 'motionnft drag --flowdiffusion "
-          f"{path}' or copy it to ComfyUI's models/motionnft_drag (the FlowDiffusion Edit node)")
-    return 0
