@@ -16,12 +16,7 @@ from motionnft.drag.train_flowdiffusion import add_lora
 from sd_layout import to_ldm
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_sd_config(in_channels: int = 4) -> dict:

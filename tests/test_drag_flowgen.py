@@ -15,12 +15,7 @@ from motionnft.drag.pseudo_drags import STRATEGIES, drags_to_sparse, moving_mask
 from motionnft.drag.train_flowgen import FlowGenTrainConfig, FlowGenTrainer, load_generator, make_batch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

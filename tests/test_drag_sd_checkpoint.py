@@ -10,12 +10,7 @@ from motionnft.drag.sd_checkpoint import EMPTY_PROMPT_IDS, load_sd15
 from sd_layout import sd_checkpoint_state, tiny_sd_parts
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ import torch
 
 from .flowdiffusion import LATENT_CHANNELS, TEXT_TOKENS
 from .flowdiffusion_conditioning import SD15_LATENT_SCALE
-from .sd_unet import LDM_PREFIX, unet_from_sd_state
+from .sd_unet import LDM_PREFIX, filled_model, unet_from_sd_state
 
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer."
@@ -183,15 +183,8 @@ def vae_from_sd_state(state: dict[str, torch.Tensor], path: Path | str = "state"
         raise ValueError(f"{path}: not SD 1.5-shaped: its VAE has {config['latent_channels']} latent channels and "
                          f"downsamples by {factor}, expected {LATENT_CHANNELS} and {VAE_FACTOR}")
     converted = convert_ldm_vae_checkpoint({VAE_PREFIX + key: value for key, value in plain.items()}, config)
-    with torch.device("meta"):
-        vae = AutoencoderKL.from_config(config)
-    expected = set(vae.state_dict())
-    missing, unexpected = sorted(expected - set(converted)), sorted(set(converted) - expected)
-    if missing or unexpected:
-        raise ValueError(f"{path}: VAE: its weights do not fill an AutoencoderKL of the sizes read from them "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    vae.load_state_dict({key: value.to(dtype) for key, value in converted.items()}, assign=True, strict=True)
-    return vae.eval()
+    return filled_model(AutoencoderKL, config, {key: value.to(dtype) for key, value in converted.items()},
+                        f"{path}: VAE: its weights")
 
 
 def null_text_from_sd_state(state: dict[str, torch.Tensor], path: Path | str = "state") -> torch.Tensor:

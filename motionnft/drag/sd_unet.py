@@ -113,14 +113,21 @@ def unet_from_sd_state(state: Mapping[str, torch.Tensor], num_heads: int = 8, no
     plain = {key.removeprefix(LDM_PREFIX): value for key, value in state.items()}
     config = sd_unet_config(plain, num_heads, norm_num_groups)
     converted = convert_ldm_unet_checkpoint({LDM_PREFIX + key: value for key, value in plain.items()}, config)
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(config)
-    expected = set(unet.state_dict())
-    missing, unexpected = sorted(expected - set(converted)), sorted(set(converted) - expected)
-    if missing or unexpected:
-        raise ValueError(f"state: the SD UNet's weights do not fill a diffusers UNet of the sizes read from them "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     converted = {key: value.to(device=device, dtype=dtype if value.is_floating_point() else None)
                  for key, value in converted.items()}
-    unet.load_state_dict(converted, assign=True, strict=True)
-    return unet.eval()
+    return filled_model(UNet2DConditionModel, config, converted, "state: the SD UNet's weights")
+
+
+def filled_model(model_class, config: dict, state: Mapping[str, torch.Tensor], what: str):
+    """``model_class.from_config(config)`` (a diffusers model, eval mode) holding exactly ``state``:
+    built on the meta device so no random weights are drawn first. ValueError starting with
+    ``what`` when a tensor is missing or left over."""
+    with torch.device("meta"):
+        model = model_class.from_config(config)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{what} do not fill a {model_class.__name__} of the sizes read from them "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.load_state_dict(dict(state), assign=True, strict=True)
+    return model.eval()
