@@ -67,7 +67,7 @@ FEATURE_MATCHING_WEIGHT = 10.0
 
 @dataclass(frozen=True)
 class AnimationTrainConfig:
-    """Every setting of a TPSMM run (saved with each checkpoint).
+    """Every setting of a run (saved with each checkpoint).
 
     Attributes:
         model: a preset of :data:`.config.PRESETS` (``"tiny"`` for CPU).
@@ -166,7 +166,8 @@ AnimationTrainResult = StepRunResult  # what a run returns (a name kept for call
 
 
 class AnimationTrainer:
-    """The TPSMM model, its optimiser, the losses and the run folder's checkpoints."""
+    """The model (TPSMM or the paper model), its optimiser, the losses, the optional discriminator and the
+    run folder's checkpoints."""
 
     def __init__(self, config: AnimationTrainConfig, data: VideoFrames, out: str | os.PathLike,
                  show_progress: bool = True):
