@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.docs_section import write_section  # noqa: E402
-from motionnft.animation.train import (AnimationTrainConfig, AnimationTrainer, VideoFrames, load_model,  # noqa: E402
-                                       reconstruction_l1)
+from motionnft.animation.train import (ADVERSARIAL_WEIGHT, FEATURE_MATCHING_WEIGHT, AnimationTrainConfig,  # noqa: E402
+                                       AnimationTrainer, VideoFrames, load_model, reconstruction_l1)
 
 NAME = "animation-ablation"
 VIDEO = "/work/shared/data/video/talking_head.mp4"
@@ -37,7 +37,8 @@ VARIANTS = {
     "w/o decoupling": dict(decoupling=False),
     "w/o motion optimisation": dict(motion_optimization=False),
 }
-ADVERSARIAL = {"paper model (full) + adversarial": dict(adversarial_weight=1.0, feature_matching_weight=10.0)}
+ADVERSARIAL = {"paper model (full) + adversarial": dict(adversarial_weight=ADVERSARIAL_WEIGHT,
+                                                       feature_matching_weight=FEATURE_MATCHING_WEIGHT)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

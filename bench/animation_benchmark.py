@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.docs_section import write_section  # noqa: E402
-from motionnft.animation.model import TPSMM  # noqa: E402
+from motionnft.animation.paper_model import build_model  # noqa: E402
 from motionnft.animation.train import (AnimationTrainConfig, AnimationTrainer, VideoFrames, load_model,  # noqa: E402
                                        reconstruction_l1)
 
@@ -44,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--vgg19", help="torchvision vgg19-dcbb9e9d.pth: use the VGG-19 perceptual loss")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--paper", action="store_true",
+                        help="train the paper model (motion optimisation + decoupling) instead of TPSMM")
     parser.add_argument("--out", default="runs/animation-benchmark", help="run folder (resumed if present)")
     parser.add_argument("--write", help="Markdown file to put the results into (between the benchmark markers)")
     return parser.parse_args(argv)
@@ -55,11 +56,12 @@ def main(argv=None) -> dict:
     config = AnimationTrainConfig(model="tiny", size=args.size, steps=args.steps, batch_size=args.batch_size,
                                   learning_rate=args.learning_rate, holdout=args.holdout, seed=args.seed,
                                   perceptual="vgg19" if args.vgg19 else "l1_pyramid", vgg19=args.vgg19 or "",
-                                  save_every=max(args.steps // 4, 1), log_every=max(args.steps // 20, 1))
+                                  save_every=max(args.steps // 4, 1), log_every=max(args.steps // 20, 1),
+                                  motion_optimization=args.paper, decoupling=args.paper)
     data = VideoFrames.read(args.video, args.size, args.holdout)
     held_out = data.held_out(0)
     torch.manual_seed(args.seed)
-    untrained = reconstruction_l1(TPSMM(config.model_config()), held_out)
+    untrained = reconstruction_l1(build_model(config.model_config()), held_out)
     result = AnimationTrainer(config, data, args.out).run("auto")
     trained = reconstruction_l1(load_model(args.out), held_out)
     frames = len(data.videos[0])
@@ -67,7 +69,8 @@ def main(argv=None) -> dict:
         f"<!-- {NAME}:start -->",
         f"Held-out video reconstruction on `{Path(args.video).name}` ({frames} frames, {args.size}² centre crop; "
         f"trained on the first {data.train_counts[0]}, evaluated on the last {frames - data.train_counts[0]}: "
-        f"the first of them is the source, the {trained['frames']} later ones drive). Tiny TPSMM, "
+        f"the first of them is the source, the {trained['frames']} later ones drive). Tiny "
+        f"{'paper model' if args.paper else 'TPSMM'}, "
         f"{result.step} steps of batch {args.batch_size}, perceptual loss `{config.perceptual}`"
         f"{' (stand-in, not VGG)' if config.perceptual == 'l1_pyramid' else ''}, {args.threads} thread(s); "
         f"training time {result.seconds / 60:.1f} min (this session's run; steps done before a resume not counted).",

@@ -89,7 +89,9 @@ class AnimationTrainConfig:
         motion_optimization, decoupling: the paper model's parts (both off: TPSMM).
         decoupling_weight: λ_dec of :func:`.decoupling.decoupling_loss` (with ``decoupling``).
         adversarial_weight, feature_matching_weight: λ of the LSGAN generator loss and of the
-            discriminator feature matching; 0 and 0 (the default): no discriminator.
+            discriminator feature matching; 0 and 0 (the default, because the PatchGAN measurably
+            hurt at CPU scale, docs/animation.md): no discriminator. When on: FOMM's
+            :data:`ADVERSARIAL_WEIGHT` and :data:`FEATURE_MATCHING_WEIGHT`.
         discriminator_scales: the discriminator's pyramid.
         accelerate: use accelerate (device, several processes) when it is installed.
     """
