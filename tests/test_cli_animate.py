@@ -111,7 +111,7 @@ def test_bad_inputs_exit_2_naming_the_input(files, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_train_animation_writes_a_model_that_animate_and_eval_animation_read(tmp_path, capsys):
+def test_train_animation_writes_a_model_that_animate_and_eval_animation_read(files, tmp_path, capsys):
     from mining_clips import write_clip
 
     clip = write_clip(tmp_path / "clip.mp4", "subject", seconds=2.0)
@@ -130,3 +130,7 @@ def test_train_animation_writes_a_model_that_animate_and_eval_animation_read(tmp
     assert "clip.mp4: L1" in out and "AKD/MKR/AED: not computed" in out
     assert run(["eval-animation", "--model", str(folder / "tpsmm.safetensors"), "--video", str(clip),
                  "--skip", "1.5"]) == 2
+    animated = tmp_path / "paper.mp4"  # motionnft animate takes the paper model's file (kind from its header)
+    assert run(["animate", "--image", str(files["image"]), "--video", str(files["video"]), "--model",
+                str(folder / "tpsmm.safetensors"), "--out", str(animated), "--size", "64", "--quiet"]) == 0
+    assert len(list(sample_frames(animated))) == FRAMES
