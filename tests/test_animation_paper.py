@@ -224,3 +224,11 @@ def test_save_load_round_trip_reads_the_kind_from_the_file(tmp_path):
     save_converted({name: getattr(model, name).state_dict() for name in NETWORKS if getattr(model, name, None)}
                    | {"motion_optimizer": model.motion_optimizer.state_dict()}, mixed)
     assert type(load_official_checkpoint(mixed)) is TPSMM  # save_converted keeps TPSMM's networks only
+
+
+def test_without_the_accelerate_package_the_plain_loop_runs(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # "import accelerate" raises ImportError
+    trainer = AnimationTrainer(config(steps=1), data(), tmp_path, show_progress=False)
+    assert trainer.accelerator is None and trainer.run(None).step == 1
