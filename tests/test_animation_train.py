@@ -160,3 +160,17 @@ def test_pairs_never_use_held_out_frames():
     source, driving = frames.pairs(200, torch.Generator().manual_seed(0))
     indices = torch.cat([source, driving]).mul(255).round()
     assert indices.max() <= 6 and (source <= driving).all()
+
+
+def test_motion_error_is_near_zero_for_the_driving_video_itself_and_the_flow_length_for_a_still():
+    from motionnft.animation.evaluation import motion_error
+    from motionnft.flow import create_estimator
+
+    video = blob_video(frames=5).float() / 255  # the disc moves 0.2 of the width (12.8 px) per frame
+    source, driving = video[:1], video[1:]
+    estimator = create_estimator("dis", "medium")
+    perfect = motion_error(source, driving, driving, estimator)
+    still = motion_error(source, driving, source.expand_as(driving), estimator)
+    assert perfect["static"] == still["static"] > 3.0  # the video moves: |flow(source -> driving)| in pixels
+    assert perfect["epe"] < 0.05 * perfect["static"]  # the same frames: the same flow
+    assert still["epe"] == pytest.approx(still["static"], rel=0.1)  # nothing moved: the whole motion is missing

@@ -127,7 +127,7 @@ def test_train_animation_writes_a_model_that_animate_and_eval_animation_read(fil
     assert run(["eval-animation", "--model", str(folder / "tpsmm.safetensors"), "--video", str(clip), "--size", "64",
                  "--skip", "0.7"]) == 0
     out = capsys.readouterr().out
-    assert "clip.mp4: L1" in out and "AKD/MKR/AED: not computed" in out
+    assert "clip.mp4: L1" in out and "motion EPE" in out and "AKD/MKR/AED: not computed" in out
     assert run(["eval-animation", "--model", str(folder / "tpsmm.safetensors"), "--video", str(clip),
                  "--skip", "1.5"]) == 2
     animated = tmp_path / "paper.mp4"  # motionnft animate takes the paper model's file (kind from its header)

@@ -44,7 +44,6 @@ from ..training.checkpoints import Checkpoints
 from ..training.interrupt import DeferInterrupt
 from ..training.stepping import StepRunResult, add_setting_flags, run_steps, settings_from_flags
 from ..training.seeding import derived_generator, rng_state, set_rng_state
-from .animate import animate
 from .config import PRESETS
 from .decoupling import decoupling_loss
 from .losses import (BACKGROUND_WEIGHT, EQUIVARIANCE_WEIGHT, PERCEPTUAL_WEIGHTS, POINTS_TPS, SCALES, SIGMA_AFFINE,
@@ -321,23 +320,18 @@ def load_model(checkpoint: str | os.PathLike) -> TPSMM:
 
 def reconstruction_l1(model: TPSMM, frames: torch.Tensor, use_background: bool | None = None) -> dict[str, float]:
     """The video-reconstruction protocol on ``frames`` ``(T, 3, H, W)`` in [0, 1]: frame 0 is
-    the source, each later frame drives (standard mode) and is compared with the output.
+    the source, each later frame drives (standard mode) and is compared with the output
+    (:func:`.evaluation.reconstruct`).
 
     Returns:
         ``model``: mean L1 of the outputs against the driving frames (frames 1..T-1);
         ``static``: the same for the source itself ("nothing moves").
     """
-    if len(frames) < 2:
-        raise ValueError(f"reconstruction: need >= 2 frames, got {len(frames)}")
-    model = model.eval()
-    if use_background is None:
-        use_background = model.bg_predictor is not None
-    source, driving = frames[:1], frames[1:]
-    errors = [float((out[0] - target).abs().mean())
-              for out, target in zip(animate(source, driving, model, mode="standard", use_background=use_background),
-                                     driving)]
-    static = float((driving - source).abs().mean())
-    return {"model": sum(errors) / len(errors), "static": static, "frames": len(errors)}
+    from .evaluation import reconstruct
+
+    outputs, source, driving = reconstruct(model, frames, use_background), frames[:1], frames[1:]
+    errors = (outputs - driving).abs().mean(dim=(1, 2, 3))
+    return {"model": float(errors.mean()), "static": float((driving - source).abs().mean()), "frames": len(errors)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
