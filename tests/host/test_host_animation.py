@@ -11,12 +11,15 @@ from comfyui_harness import ComfyUIServer
 from mining_clips import CLIP_FPS, write_clip
 
 from motionnft.animation import NETWORKS, TPSMM, TPSMMConfig, save_converted
+from motionnft.animation.checkpoint import save_model
+from motionnft.animation.paper_model import AnimationModelConfig, build_model
 from motionnft.image import save_image
 from motionnft.video import probe_video, sample_frames
 
 ANIMATE = "MotionNFT_AnimateImage"
 WEIGHTS = "tiny_tpsmm.safetensors"
 OFFICIAL = "vox_tiny.pth.tar"  # the official layout and suffix (listed although ComfyUI sees ".tar")
+PAPER = "tiny_paper_model.safetensors"  # what train-animation writes for the paper's model
 SECONDS = 1.0
 FRAMES = round(SECONDS * CLIP_FPS)
 SIZE = 64
@@ -36,6 +39,7 @@ def inputs(comfyui: ComfyUIServer) -> dict[str, str]:
                     if getattr(model, name) is not None}, folder / WEIGHTS)
     torch.save({name: getattr(model, name).state_dict() for name in NETWORKS if getattr(model, name) is not None}
                | {"epoch": 1}, folder / OFFICIAL)
+    save_model(build_model(AnimationModelConfig.preset("tiny")).eval(), folder / PAPER)
     return names
 
 
@@ -86,7 +90,8 @@ def test_animate_node_is_listed_with_its_inputs_and_outputs(comfyui: ComfyUIServ
         "standard", "relative", "avd"}
 
 
-@pytest.mark.parametrize("driving, weights", [("images", WEIGHTS), ("video", WEIGHTS), ("images", OFFICIAL)])
+@pytest.mark.parametrize("driving, weights", [("images", WEIGHTS), ("video", WEIGHTS), ("images", OFFICIAL),
+                                              ("video", PAPER)])
 def test_one_frame_per_driving_frame_into_create_and_save_video(comfyui: ComfyUIServer, inputs, driving, weights):
     outputs = comfyui.run(graph(inputs, driving, f"animated_{driving}", model=weights))
     assert len(outputs["7"]["images"]) == FRAMES
