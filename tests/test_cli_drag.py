@@ -300,3 +300,35 @@ def test_train_drag_from_an_sd15_base_writes_a_file_that_reloads_to_the_trained_
     assert "--base" in capsys.readouterr().err
     assert run(argv + (["--lora-rank", lora_rank] if lora_rank else [])) == 0
     assert "step 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("lora_rank", [0, 2], ids=["delta", "lora"])
+def test_drag_edits_with_a_base_trained_file_on_its_sd15_checkpoint(sd_base, image, tmp_path, capsys, lora_rank):
+    """drag --flowdiffusion FILE --base SD15: the file on the checkpoint's UNet, images through its
+    VAE; the library's edit_at_working_size for the same seed. Without --base the error names it."""
+    from motionnft.cli.drag import read_drag_option
+    from motionnft.drag import drags_to_flow
+    from motionnft.drag.flowdiffusion_conditioning import SDVAECodec
+    from motionnft.drag.flowdiffusion_files import load_flowdiffusion_file
+    from motionnft.drag.flowdiffusion_sampling import edit_at_working_size
+    from motionnft.drag.sd_checkpoint import load_sd15
+
+    run_dir = tmp_path / "run"
+    train = ["train-drag", "--part", "flowdiffusion", "--base", sd_base, "--out", run_dir, "--steps", "1",
+             "--batch-size", "1", "--size", "64", "--scenes", "2", "--quiet", "--device", "cpu"]
+    assert run(train + (["--lora-rank", lora_rank] if lora_rank else [])) == 0
+    weights = run_dir / "flowdiffusion.safetensors"
+    drag = ["drag", "--image", image, "--drags", "40,30,52,34", "--flowdiffusion", weights, "--steps", "2",
+            "--seed", "5", "--out", tmp_path / "cli.png"]
+    capsys.readouterr()
+    assert run(drag) == 2
+    assert "give --base" in capsys.readouterr().err
+    assert run(drag + ["--base", sd_base, "--device", "cpu"]) == 0
+    parts = load_sd15(sd_base)
+    model, _, size = load_flowdiffusion_file(weights, parts.unet)
+    flow = drags_to_flow(read_drag_option("40,30,52,34").scaled_to(96, 72), 72, 96, smoothness=0.0,
+                         pinned_border_points=8)
+    edit = edit_at_working_size(model, load_image(image), flow, codec=SDVAECodec(parts.vae), size=size, steps=2,
+                                seed=5)
+    save_image(edit[0], tmp_path / "library.png")
+    assert torch.equal(load_image(tmp_path / "cli.png"), load_image(tmp_path / "library.png"))

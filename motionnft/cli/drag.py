@@ -44,13 +44,18 @@ def add_drag(commands) -> None:
     drag.add_argument("--flowdiffusion", type=Path, default=None, metavar="FILE_OR_DIR",
                       help="FlowDiffusion weights (flowdiffusion.safetensors from train-drag --part flowdiffusion) or "
                       "its run / checkpoint folder: the result is its edit along the flow")
+    drag.add_argument("--base", type=Path, default=None, metavar="SD15",
+                      help="the SD 1.5 checkpoint (.safetensors / .ckpt or diffusers folder) a delta or LoRA "
+                      "FlowDiffusion file was fine-tuned from; its VAE encodes and decodes")
+    drag.add_argument("--device", default=None,
+                      help="FlowDiffusion's device, e.g. cuda (default: cuda if available with --base, else cpu)")
     drag.add_argument("--steps", type=int, default=20, help="FlowDiffusion denoising steps (default 20)")
     drag.add_argument("--seed", type=int, default=0, help="FlowDiffusion noise seed (default 0)")
     drag.add_argument("--out", type=Path, required=True, help="the result image (PNG)")
     drag.add_argument("--flow-out", type=Path, default=None, help="also save the dense flow (.flo, pixels of IMAGE)")
     drag.add_argument("--viz", type=Path, default=None, help="also save the colour-coded flow with the drags (PNG)")
     drag.set_defaults(handler=command_drag, output_files=("out", "flow_out", "viz"),
-                      input_files=("image", "flowgen"))
+                      input_files=("image", "flowgen", "base"))
 
 
 def add_train_drag(commands) -> None:
@@ -131,7 +136,9 @@ def command_drag(args) -> int:
         x, y = drags.sources[outside[0] - 1].tolist()
         raise ValueError(f"--drags: drag {outside[0]} starts at ({x:g}, {y:g}), outside the {width}x{height} image "
                          f"{args.image}")
-    edit = _flowdiffusion(args.flowdiffusion) if args.flowdiffusion is not None else None
+    if args.base is not None and args.flowdiffusion is None:
+        raise ValueError(f"--base {args.base}: only used with --flowdiffusion (a delta or LoRA FlowDiffusion file)")
+    edit = _flowdiffusion(args.flowdiffusion, args.base, args.device) if args.flowdiffusion is not None else None
 
     if method == "flowgen":
         try:
@@ -181,17 +188,17 @@ def _draw_drags(picture, drags):
     return pil_to_tensor(pil)[0]
 
 
-def _flowdiffusion(source: Path):
+def _flowdiffusion(source: Path, base: Path | None = None, device: str | None = None):
     """``edit(source, flow, steps, seed) -> (1, 3, H, W)`` by the FlowDiffusion of ``source`` (a
-    FlowDiffusion file, or a run / checkpoint folder), or ValueError naming ``--flowdiffusion`` when
-    this installation has no FlowDiffusion."""
+    FlowDiffusion file, or a run / checkpoint folder; a delta / LoRA / SD-VAE file on the SD 1.5
+    ``base``), or ValueError naming ``--flowdiffusion`` when this installation has no FlowDiffusion."""
     import importlib.util
 
     if importlib.util.find_spec("..drag.flowdiffusion_sampling", __package__) is None:
         raise ValueError(f"--flowdiffusion {source}: FlowDiffusion is not available yet in this version of motionnft")
     try:
         from ..drag.flowdiffusion_conditioning import PooledRGBCodec
-        from ..drag.flowdiffusion_files import FILE_NAME, load_flowdiffusion_file
+        from ..drag.flowdiffusion_files import FILE_NAME
         from ..drag.flowdiffusion_sampling import edit_at_working_size
         from ..drag.train_flowdiffusion import FlowDiffusionTrainConfig, load_flowdiffusion
     except ImportError as error:
@@ -205,8 +212,7 @@ def _flowdiffusion(source: Path):
         source = source / FILE_NAME
     try:
         if source.is_file():
-            model, spec, size = load_flowdiffusion_file(source)
-            codec = spec.build()
+            model, codec, size = _flowdiffusion_file(source, base, device)
         else:
             model = load_flowdiffusion(source)
             settings = _run_settings(source)
@@ -215,15 +221,47 @@ def _flowdiffusion(source: Path):
             codec = PooledRGBCodec(int(settings.get("codec_factor", trained.codec_factor)),
                                    float(settings.get("codec_scale", trained.codec_scale)))
     except (OSError, ValueError) as error:
+        if str(error).startswith("--base"):
+            raise
         raise type(error)(f"--flowdiffusion {error}" if str(source) in str(error)
                           else f"--flowdiffusion {source}: {error}") from None
 
     def edit(image, flow, steps: int, seed: int):
         if steps < 1:
             raise ValueError(f"--steps must be at least 1, got {steps}")
-        return edit_at_working_size(model, image, flow, codec=codec, size=size, steps=steps, seed=seed)
+        parameter = next(model.parameters())
+        result = edit_at_working_size(model, image.to(parameter.device), flow.to(parameter.device), codec=codec,
+                                      size=size, steps=steps, seed=seed)
+        return result.float().cpu()
 
     return edit
+
+
+def _flowdiffusion_file(source: Path, base: Path | None, device: str | None):
+    """(model on its device, codec, working size) of a FlowDiffusion file; a delta / LoRA file's
+    base UNet and an SD-VAE file's VAE come from ``--base``."""
+    import torch
+
+    from ..drag.flowdiffusion_conditioning import SDVAECodec
+    from ..drag.flowdiffusion_files import load_flowdiffusion_file, read_header
+
+    header = read_header(source)
+    needs_base = header.get("kind") in ("delta", "lora") or '"sd-vae"' in header.get("codec", "")
+    if needs_base and base is None:
+        raise ValueError(f"{source} is a FlowDiffusion {header.get('kind')} file on SD 1.5: give --base, the SD 1.5 "
+                         "checkpoint it was fine-tuned from")
+    parts = None
+    if base is not None:
+        from ..drag.sd_checkpoint import load_sd15
+
+        try:
+            parts = load_sd15(base)
+        except (OSError, ValueError) as error:
+            raise type(error)(f"--base {error}") from None
+    device = torch.device(device or ("cuda" if parts is not None and torch.cuda.is_available() else "cpu"))
+    model, spec, size = load_flowdiffusion_file(source, base_unet=parts.unet if parts is not None else None)
+    codec = SDVAECodec(parts.vae.to(device)) if spec.kind == "sd-vae" else spec.build()
+    return model.to(device), codec, size
 
 
 def _run_settings(folder: Path) -> dict:
