@@ -130,6 +130,11 @@ def bad(tmp_path, image, monkeypatch):
     (tmp_path / "notes.txt").write_text("not weights\n")
     (tmp_path / "folder").mkdir()
     (tmp_path / "plain.txt").write_text("a file\n")
+    from safetensors.torch import save_file
+
+    # The header of a FlowDiffusion delta file (what --init reads first) over one tensor.
+    save_file({"null_text": torch.zeros(1, 2, 4)}, str(tmp_path / "delta.safetensors"),
+              {"format": "motionnft-flowdiffusion", "version": "1", "kind": "delta"})
     return tmp_path
 
 
@@ -157,6 +162,12 @@ BAD = [
     ("train-drag --part flowdiffusion --base folder --out run", "--base folder"),
     ("train-drag --part flowdiffusion --lora-rank 2 --out run", "--lora-rank"),
     ("train-drag --base notes.txt --out run", "--base"),
+    ("train-drag --init missing.safetensors --out run", "--init missing.safetensors"),
+    ("train-drag --init notes.txt --out run", "--init notes.txt"),
+    ("train-drag --init delta.safetensors --out run", "--init delta.safetensors"),
+    ("train-drag --lora-rank 8 --out run", "--lora-rank 8"),
+    ("train-drag --part flowdiffusion --init missing.safetensors --out run", "--init missing.safetensors"),
+    ("train-drag --part flowdiffusion --init delta.safetensors --out run", "--base"),
 ]
 
 

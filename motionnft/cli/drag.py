@@ -5,14 +5,13 @@ where installed: :mod:`.train_flowdiffusion`)."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
+from .train_drag import MODELS, add_finetune_options, train_flowgen
 from .train_flowdiffusion import add_flowdiffusion_options, train_flowdiffusion
 
 METHODS = ("spline", "flowgen")
 FITS = ("resize", "pad")
-MODELS = ("tiny", "full")
 SCENES = 3000
 """Synthetic scenes drawn without --data (fewer with --base: see cli.train_flowdiffusion)."""
 
@@ -76,8 +75,9 @@ def add_train_drag(commands) -> None:
     train.add_argument("--out", type=Path, required=True,
                        help="run folder (checkpoints, metrics.csv, flowgen.safetensors or flowdiffusion.safetensors)")
     train.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the trainer's, 2000 for FlowGen)")
-    train.add_argument("--model", choices=MODELS, default="tiny",
-                       help="FlowGen size: tiny (1.8 M parameters, 64 px, CPU) or full (the paper's 54 M, 256 px)")
+    train.add_argument("--model", choices=MODELS, default=None,
+                       help="FlowGen size: tiny (default; 1.8 M parameters, 64 px, CPU) or full (the paper's 54 M, "
+                       "256 px); with --init, the file's")
     train.add_argument("--size", type=int, default=None,
                        help="training square in pixels, a multiple of 2**depth (default 64 tiny, 256 full)")
     train.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: the trainer's, 16)")
@@ -92,8 +92,9 @@ def add_train_drag(commands) -> None:
     train.add_argument("--resume", default="auto",
                        help="'auto' (default: continue from RUN's latest checkpoint), 'none', or a run / checkpoint folder")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_finetune_options(train)
     add_flowdiffusion_options(train)
-    train.set_defaults(handler=command_train_drag, output_folders=("out",), input_files=("data", "base"))
+    train.set_defaults(handler=command_train_drag, output_folders=("out",), input_files=("data", "base", "init"))
 
 
 def read_drag_option(text: str):
@@ -280,38 +281,7 @@ def _run_settings(folder: Path) -> dict:
 def command_train_drag(args) -> int:
     if args.part == "flowdiffusion":
         return train_flowdiffusion(args)
-    given = [f"--{name.replace('_', '-')}" for name in ("base", "learning_rate", "device")
-             if getattr(args, name) is not None] + (["--lora-rank"] if args.lora_rank else [])
-    if given:
-        raise ValueError(f"{', '.join(given)}: FlowDiffusion options; add --part flowdiffusion")
-    import dataclasses
-
-    from ..drag.flow_data import FlowPairFolder, figure_scenes
-    from ..drag.inference import FILE_NAME, save_flowgen
-    from ..drag.train_flowgen import FlowGenTrainConfig, FlowGenTrainer
-
-    # The default training square is 2 ** depth: 64 for the tiny model, the paper's 256 for the full one.
-    size = _check_train_options(args, FlowGenTrainConfig(model=args.model).model_config().multiple)
-    overrides = {"model": args.model, "seed": args.seed}
-    if args.steps is not None:
-        overrides["steps"] = args.steps
-    if args.batch_size is not None:
-        overrides["batch_size"] = args.batch_size
-    config = FlowGenTrainConfig(**overrides)
-    if config.save_every > config.steps:
-        config = dataclasses.replace(config, save_every=config.steps)
-    data = _data(args, lambda: figure_scenes(args.scenes or SCENES, size, seed=config.seed),
-                 lambda root: FlowPairFolder(root, (size, size)))
-    trainer = FlowGenTrainer(config, data, args.out, show_progress=not args.quiet)
-    result = trainer.run(_resume(args))
-    if result.interrupted:
-        print(f"motionnft train-drag: stopped at step {result.step}; run again to resume (no {FILE_NAME} written)",
-              file=sys.stderr)
-        return 130
-    path = save_flowgen(args.out / FILE_NAME, trainer.generator, size=size)
-    print(f"{path}: FlowGen ({args.model}, {size} px, step {result.step}); use it with "
-          f"'motionnft drag --flowgen {path}' or copy it to ComfyUI's models/motionnft_drag")
-    return 0
+    return train_flowgen(args)
 
 
 def _check_train_options(args, multiple: int) -> int:

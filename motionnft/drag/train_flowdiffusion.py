@@ -35,6 +35,7 @@ from ..training.checkpoints import Checkpoints
 from ..training.interrupt import DeferInterrupt
 from ..training.stepping import StepRunResult, add_setting_flags, run_steps, settings_from_flags
 from ..training.seeding import derived_generator, rng_state, set_rng_state
+from .finetune import InitRecord, check_same_init
 from .flowdiffusion import LATENT_CHANNELS, PREDICTION_TYPES, FlowDiffusion
 from .flowdiffusion_conditioning import Codec, PooledRGBCodec, encode_images, flow_condition
 from .flowdiffusion_files import CONV_IN
@@ -210,14 +211,16 @@ class FlowDiffusionTrainer:
     and :class:`PooledRGBCodec`; pass a real SD 1.5 FlowDiffusion (``from_sd_unet``) and
     :class:`SDVAECodec` instead, with ``base_name`` naming its SD 1.5 checkpoint. For LoRA the
     base weights are not saved: a resumed run must be built on the same base (a checkpoint
-    records ``base_name``; resuming a base run without one, or the reverse, is refused).
+    records ``base_name``; resuming a base run without one, or the reverse, is refused). A run
+    started from a trained FlowDiffusion file (``--init``) passes that model and its ``init``
+    record (:class:`.finetune.InitRecord`), checked the same way on resume.
     """
 
     def __init__(self, config: FlowDiffusionTrainConfig, data, out: str | os.PathLike,
                  model: FlowDiffusion | None = None, codec: Codec | None = None, show_progress: bool = True,
-                 base_name: str | None = None):
+                 base_name: str | None = None, init: InitRecord | None = None):
         self.config, self.data, self.out, self.show_progress = config, data, Path(out), show_progress
-        self.base_name = base_name
+        self.base_name, self.init = base_name, init
         if model is None:
             torch.manual_seed(config.seed)  # the initial weights
             model = FlowDiffusion.tiny(config.size // config.codec_factor)
@@ -268,13 +271,14 @@ class FlowDiffusionTrainer:
         state = {"step": self.step, "model": trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
                  "rng": rng_state(), "config": json.loads(json.dumps(dataclasses.asdict(self.config))),
                  "unet_config": json.loads(json.dumps(dict(self.model.unet.config))), "interrupted": interrupted,
-                 "base": self.base_name or ""}
+                 "base": self.base_name or "", "init": self.init.as_dict() if self.init is not None else ""}
         return self.checkpoints.save(self.step, state)
 
     def load_checkpoint(self, path: Path) -> None:
         state = self.checkpoints.load(path, STATE_KEYS, "a FlowDiffusion trainer state (expected a dict with the "
                                       "model, the optimiser and the RNG state)")
         _check_same_base(state.get("base") or None, self.base_name, path)  # first: the likeliest cause
+        check_same_init(state.get("init") or None, self.init, path)
         if int(state["config"]["lora_rank"]) != self.config.lora_rank:
             raise ValueError(f"{path}: trained with lora_rank {state['config']['lora_rank']}; this run has "
                              f"{self.config.lora_rank}")

@@ -9,6 +9,11 @@ batch of a step does not depend on what ran before it; a checkpoint (both networ
 optimisers, the global RNG for dropout, the step) resumes the run exactly. Ctrl-C waits for
 the step in progress, then saves.
 
+Scene fine-tuning (:mod:`.finetune`): pass a trained ``generator`` and its ``init`` record to start
+from its weights, and ``lora_rank`` > 0 to train only a LoRA on its ``Conv2d`` layers (the
+discriminator, fresh, is trained whole either way). The checkpoint then keeps the whole
+generator (the tiny one is 7 MB) and the init record, and resumes only on the same init.
+
 Run: ``python -m motionnft.drag.train_flowgen --out RUN [--data FOLDER] [--steps N]``.
 """
 
@@ -27,6 +32,7 @@ from ..training.checkpoints import Checkpoints
 from ..training.interrupt import DeferInterrupt
 from ..training.stepping import StepRunResult, add_setting_flags, run_steps, settings_from_flags
 from ..training.seeding import derived_generator, rng_state, set_rng_state
+from .finetune import InitRecord, add_conv_lora, check_same_init, merged_state
 from .flow_data import FlowBatch, FlowPairFolder, figure_scenes
 from .flowgen import FlowGen, FlowGenConfig, PatchDiscriminator
 from .flowgen_losses import discriminator_loss, flow_l1, generator_adversarial_loss, reconstruction_weights
@@ -52,6 +58,8 @@ class FlowGenTrainConfig:
         learning_rate, beta1, beta2: Adam, both networks (pix2pix: 2e-4, 0.5, 0.999).
         save_every, keep: checkpoint every N steps (0: only at the end), and how many to keep.
         log_every: a metrics row (means since the last one) every N steps.
+        lora_rank: 0 trains every generator weight; > 0 only a LoRA of this rank (alpha = rank) on
+            its ``Conv2d`` layers (:func:`.finetune.add_conv_lora`; for a run from trained weights).
     """
 
     model: str = "tiny"
@@ -71,6 +79,7 @@ class FlowGenTrainConfig:
     save_every: int = 500
     keep: int = 2
     log_every: int = 50
+    lora_rank: int = 0
 
     def __post_init__(self):
         if self.model not in MODEL_SIZES:
@@ -78,6 +87,8 @@ class FlowGenTrainConfig:
         for name in ("steps", "batch_size", "maps_per_target", "keep", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank: expected >= 0, got {self.lora_rank}")
         if not 1 <= self.drags[0] <= self.drags[1]:
             raise ValueError(f"drags: expected (low, high) with 1 <= low <= high, got {self.drags}")
         if self.l1_weight < 0 or self.adversarial_weight < 0 or self.l1_weight + self.adversarial_weight == 0:
@@ -114,13 +125,23 @@ FlowGenTrainResult = StepRunResult  # what a run returns (a name kept for caller
 class FlowGenTrainer:
     """Generator, discriminator, their optimisers, and the run folder's checkpoints."""
 
-    def __init__(self, config: FlowGenTrainConfig, data, out: str | os.PathLike, show_progress: bool = True):
+    def __init__(self, config: FlowGenTrainConfig, data, out: str | os.PathLike, show_progress: bool = True,
+                 generator: FlowGen | None = None, init: InitRecord | None = None):
+        """``generator``: start from these weights (e.g. :func:`.finetune.load_flowgen_init`), whose
+        config must be ``config.model``'s; ``init`` records where they came from (checked on resume)."""
         self.config, self.data, self.out, self.show_progress = config, data, Path(out), show_progress
+        self.init = init
         torch.manual_seed(config.seed)  # the initial weights
         model_config = config.model_config()
-        self.generator, self.discriminator = FlowGen(model_config), PatchDiscriminator(model_config)
+        if generator is not None and generator.config != model_config:
+            raise ValueError(f"generator: its config is not the {config.model!r} FlowGen's")
+        self.generator = generator if generator is not None else FlowGen(model_config)
+        self.discriminator = PatchDiscriminator(model_config)
+        if config.lora_rank:
+            add_conv_lora(self.generator, config.lora_rank, config.seed)
         betas = (config.beta1, config.beta2)
-        self.optimizer_g = torch.optim.Adam(self.generator.parameters(), config.learning_rate, betas=betas)
+        trained = [parameter for parameter in self.generator.parameters() if parameter.requires_grad]
+        self.optimizer_g = torch.optim.Adam(trained, config.learning_rate, betas=betas)
         self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), config.learning_rate, betas=betas)
         self.checkpoints = Checkpoints(self.out, config.keep)
         self.step = 0
@@ -162,7 +183,8 @@ class FlowGenTrainer:
         state = {"step": self.step, "generator": self.generator.state_dict(),
                  "discriminator": self.discriminator.state_dict(), "optimizer_g": self.optimizer_g.state_dict(),
                  "optimizer_d": self.optimizer_d.state_dict(), "rng": rng_state(),
-                 "config": json.loads(json.dumps(dataclasses.asdict(self.config))), "interrupted": interrupted}
+                 "config": json.loads(json.dumps(dataclasses.asdict(self.config))), "interrupted": interrupted,
+                 "init": self.init.as_dict() if self.init is not None else ""}
         return self.checkpoints.save(self.step, state)
 
     def load_checkpoint(self, path: Path) -> None:
@@ -170,6 +192,10 @@ class FlowGenTrainer:
                                       "networks, both optimisers and the RNG state)")
         if state["config"]["model"] != self.config.model:
             raise ValueError(f"{path}: a {state['config']['model']!r} FlowGen; this run trains {self.config.model!r}")
+        check_same_init(state.get("init") or None, self.init, path)
+        if int(state["config"].get("lora_rank", 0)) != self.config.lora_rank:
+            raise ValueError(f"{path}: trained with lora_rank {state['config'].get('lora_rank', 0)}; this run has "
+                             f"{self.config.lora_rank}")
         self.generator.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])
         self.optimizer_g.load_state_dict(state["optimizer_g"])
@@ -184,12 +210,30 @@ class FlowGenTrainer:
 
 
 def load_generator(checkpoint: str | os.PathLike) -> FlowGen:
-    """The generator of a checkpoint folder (or a run folder: its latest), in eval mode."""
+    """The generator of a checkpoint folder (or a run folder: its latest), in eval mode; a LoRA
+    run's is merged into a plain FlowGen."""
     checkpoints = Checkpoints(checkpoint, keep=1)
     state = checkpoints.load(checkpoints.find(checkpoint), STATE_KEYS, "a FlowGen trainer state")
     generator = FlowGen(MODEL_SIZES[state["config"]["model"]]())
+    rank = int(state["config"].get("lora_rank", 0))
+    if rank:
+        add_conv_lora(generator, rank)
+        generator.load_state_dict(state["generator"])
+        plain = FlowGen(generator.config)
+        plain.load_state_dict(merged_state(generator))
+        return plain.eval()
     generator.load_state_dict(state["generator"])
     return generator.eval()
+
+
+def plain_generator(generator: FlowGen) -> FlowGen:
+    """``generator`` itself, or a plain FlowGen with its LoRA merged in (what a FlowGen file holds)."""
+    if not any("lora_" in name for name, _ in generator.named_parameters()):
+        return generator
+    plain = FlowGen(generator.config)
+    plain.load_state_dict(merged_state(generator))
+    plain.working_size = getattr(generator, "working_size", None)
+    return plain.train(generator.training)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
