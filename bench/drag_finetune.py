@@ -89,8 +89,8 @@ def main(argv=None) -> str:
         pretrained, pre_seconds = train(FlowGenTrainConfig(steps=args.pretrain_steps, save_every=0, **settings),
                                         figure_scenes(args.pretrain_scenes, 64, seed=0), folder / "pretrain")
         tables = [scene_table(args, scene, pretrained, settings, folder / str(scene)) for scene in args.scenes]
-    text = (f"Pre-trained {args.pretrain_steps} steps x {args.batch_size} pairs on {args.pretrain_scenes} figure scenes "
-            f"({pre_seconds:.0f} s). Each clip: {args.clip_pairs} motions of one scene never seen in pre-training; "
+    text = (f"Pre-trained {args.pretrain_steps} steps x {args.batch_size} pairs on {args.pretrain_scenes} "
+            f"figure scenes ({pre_seconds:.0f} s). Each clip: {args.clip_pairs} motions of one scene never seen in pre-training; "
             f"held-out: {args.heldout_pairs} other motions of that scene, 1-5 drags each (all counts pooled; pixels "
             f"at 64²). Adam {args.learning_rate:g}, adversarial weight 0.1, {args.steps} steps x {args.batch_size} "
             f"pairs on the clip for every run, {args.threads} thread(s); whole script "

@@ -65,7 +65,8 @@ def add_train_drag(commands) -> None:
         "resumes exactly); at the end RUN/flowgen.safetensors holds the generator for 'motionnft drag "
         "--flowgen' and the Drag to Flow node (models/motionnft_drag). With --part flowdiffusion it trains "
         "FlowDiffusion: the tiny model from scratch, or with --base SD15 fine-tuned from an SD 1.5 checkpoint "
-        "(RUN/flowdiffusion.safetensors).",
+        "(RUN/flowdiffusion.safetensors). With --init FILE either part starts from trained weights (scene fine-tuning "
+        "on your clip), whole or with --lora-rank 8; the exported file has the LoRA merged.",
     )
     train.add_argument("--data", default=None,
                        help="dataset folder (metadata.jsonl + images/<id>_flow.flo); default or 'synthetic': "

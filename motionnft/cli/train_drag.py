@@ -88,7 +88,8 @@ def _flowgen_init(args):
         raise ValueError(f"--init {args.init}: a FlowGen of a configuration train-drag does not build (neither "
                          f"{' nor '.join(MODELS)})")
     if args.model is not None and args.model != model:
-        raise ValueError(f"--model {args.model} conflicts with --init {args.init}, a {model} FlowGen; leave --model out")
+        raise ValueError(f"--model {args.model} conflicts with --init {args.init}, a {model} FlowGen; "
+                         "leave --model out")
     if args.size is not None and args.size != generator.working_size:
         raise ValueError(f"--size {args.size} conflicts with --init {args.init}, trained at "
                          f"{generator.working_size} px; leave --size out")
