@@ -17,8 +17,10 @@ from ..motionnft.animation.frames import DrivingVideo, batch_frames, fit_source,
 from .common import (
     CATEGORY,
     bchw_to_image,
+    NO_FILE,
+    chosen_model_file,
     image_to_bchw,
-    model_folder_listing,
+    keep_one_loaded,
     progress_callback,
     register_model_folder,
 )
@@ -27,7 +29,7 @@ ANIMATION_FOLDER = "motionnft_animation"
 """ComfyUI model folder of the TPSMM weights (``models/motionnft_animation``: the official
 ``vox.pth.tar`` / ``taichi.pth.tar`` / ``ted.pth.tar`` / ``mgif.pth.tar`` or their .safetensors)."""
 
-NO_MODEL = "none"
+NO_MODEL = NO_FILE
 
 register_model_folder(ANIMATION_FOLDER)
 # Official checkpoints are named *.pth.tar: list them too (ComfyUI matches the last suffix only).
@@ -138,19 +140,15 @@ _LOADED: dict = {}
 def animation_model(name: str):
     """The TPSMM of the ``model`` widget's file on ComfyUI's device (kept while the file is unchanged).
     FileNotFoundError naming every motionnft_animation folder when there is none."""
-    path = None if name == NO_MODEL else folder_paths.get_full_path(ANIMATION_FOLDER, name)
-    if path is None:
-        chosen = "no model file is chosen" if name == NO_MODEL else f"{name!r} is in none of them"
-        raise FileNotFoundError(
-            f"model: Animate Image needs TPSMM weights and {chosen}. Put an official checkpoint (vox.pth.tar, "
-            f"taichi.pth.tar, ted.pth.tar, mgif.pth.tar from github.com/yoyo-nb/Thin-Plate-Spline-Motion-Model) "
-            f"or its .safetensors into one of the {ANIMATION_FOLDER} folders and pick it:\n"
-            f"{model_folder_listing(ANIMATION_FOLDER)}"
-        )
+    path = chosen_model_file(
+        "model", name, ANIMATION_FOLDER, "Animate Image needs TPSMM weights",
+        "an official checkpoint (vox.pth.tar, taichi.pth.tar, ted.pth.tar, mgif.pth.tar from "
+        "github.com/yoyo-nb/Thin-Plate-Spline-Motion-Model) or a .safetensors from 'motionnft train-animation'")
     device = comfy.model_management.get_torch_device()
-    key = (path, os.stat(path).st_mtime_ns, str(device))
-    if key not in _LOADED:
-        _LOADED.clear()
-        _LOADED[key] = load_official_checkpoint(path, device=device)
+
+    def load():
+        model = load_official_checkpoint(path, device=device)
         logging.info("MotionNFT: loaded TPSMM weights %s; licence: %s", path, LICENCE)
-    return _LOADED[key]
+        return model
+
+    return keep_one_loaded(_LOADED, (path, os.stat(path).st_mtime_ns, str(device)), load)

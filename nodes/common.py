@@ -91,6 +91,33 @@ def model_folder_listing(name: str) -> str:
     return "\n".join(f"  - {folder}" for folder in folder_paths.get_folder_paths(name))
 
 
+NO_FILE = "none"
+"""The first choice of a model-file widget: nothing chosen yet."""
+
+
+def chosen_model_file(widget: str, name: str, folder: str, needs: str, put: str) -> str:
+    """The full path of the file ``name`` picked in ``widget`` from ComfyUI's model folder ``folder``.
+
+    FileNotFoundError when none is chosen or it is in no folder, reading "``widget``: ``needs``
+    and <what is wrong>. Put ``put`` into one of the ``folder`` folders and pick it:" and every
+    folder searched, one per line."""
+    path = None if name == NO_FILE else folder_paths.get_full_path(folder, name)
+    if path is None:
+        chosen = f"no {widget} file is chosen" if name == NO_FILE else f"{name!r} is in none of them"
+        raise FileNotFoundError(f"{widget}: {needs} and {chosen}. Put {put} into one of the {folder} folders and "
+                                f"pick it:\n{model_folder_listing(folder)}")
+    return path
+
+
+def keep_one_loaded(cache: dict, key: tuple, load):
+    """``load()``'s result, kept in ``cache`` while ``key`` (e.g. a path, its mtime, the device) is
+    unchanged; one entry per cache, so switching files frees the previous model."""
+    if key not in cache:
+        cache.clear()
+        cache[key] = load()
+    return cache[key]
+
+
 def flow_model_inputs() -> list:
     """The weights and precision widgets of nodes that can run a learned flow backend (optional
     inputs, so graphs written before they existed still run)."""

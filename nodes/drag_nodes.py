@@ -12,10 +12,11 @@ import comfy.model_management
 
 from ..motionnft.drag.inference import flowgen_flow, load_flowgen
 from ..motionnft.drag.spline import drags_to_flow, parse_drags
-from .common import CATEGORY, DRAG_FOLDER, Flow, check_mask, image_to_bchw, model_folder_listing
+from .common import (CATEGORY, DRAG_FOLDER, NO_FILE, Flow, check_mask, chosen_model_file, image_to_bchw,
+                     keep_one_loaded)
 
 SPLINE, FLOWGEN = "thin-plate spline", "FlowGen"
-NO_WEIGHTS = "none"
+NO_WEIGHTS = NO_FILE
 
 DRAG_EDITOR_HELP = (
     "Drag list from the point-drag editor on this node: click a point on the image and drag "
@@ -95,16 +96,8 @@ _LOADED: dict = {}
 def flowgen_generator(name: str):
     """The FlowGen of the ``flowgen`` widget's file, on ComfyUI's device (kept while the file is
     unchanged). FileNotFoundError naming every motionnft_drag folder when there is none."""
-    path = None if name == NO_WEIGHTS else folder_paths.get_full_path(DRAG_FOLDER, name)
-    if path is None:
-        chosen = "no flowgen file is chosen" if name == NO_WEIGHTS else f"{name!r} is in none of them"
-        raise FileNotFoundError(
-            f"flowgen: method FlowGen needs weights and {chosen}. Put a FlowGen file (flowgen.safetensors from "
-            f"'motionnft train-drag') into one of the {DRAG_FOLDER} folders and pick it:\n"
-            f"{model_folder_listing(DRAG_FOLDER)}"
-        )
-    key = (path, os.stat(path).st_mtime_ns)
-    if key not in _LOADED:
-        _LOADED.clear()
-        _LOADED[key] = load_flowgen(path).to(comfy.model_management.get_torch_device())
-    return _LOADED[key]
+    path = chosen_model_file("flowgen", name, DRAG_FOLDER, "method FlowGen needs weights",
+                             "a FlowGen file (flowgen.safetensors from 'motionnft train-drag')")
+    device = comfy.model_management.get_torch_device()
+    return keep_one_loaded(_LOADED, (path, os.stat(path).st_mtime_ns, str(device)),
+                           lambda: load_flowgen(path).to(device))

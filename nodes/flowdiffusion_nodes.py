@@ -18,11 +18,12 @@ from comfy_api.latest import io
 
 import comfy.model_management
 
-from .common import (CATEGORY, DRAG_FOLDER, Flow, bchw_to_image, check_flow, image_to_bchw, model_folder_listing,
-                     progress_callback)
+from .common import (CATEGORY, DRAG_FOLDER, NO_FILE, Flow, bchw_to_image, check_flow, chosen_model_file,
+                     image_to_bchw, keep_one_loaded, progress_callback)
 
-NO_WEIGHTS = "none"
-DIFFUSERS_HINT = "FlowDiffusion needs diffusers (and peft for LoRA files) in ComfyUI's Python: pip install diffusers peft"
+NO_WEIGHTS = NO_FILE
+DIFFUSERS_HINT = ("FlowDiffusion needs diffusers in ComfyUI's Python (the pack's requirements.txt lists it: install "
+                  "the pack's requirements into that Python)")
 
 
 class FlowDiffusionEdit(io.ComfyNode):
@@ -84,7 +85,11 @@ class FlowDiffusionEdit(io.ComfyNode):
                              "was fine-tuned from (Load Checkpoint's MODEL and VAE)")
         if codec_kind == "sd-vae" and vae is None:
             raise ValueError(f"vae: {flowdiffusion} works on SD 1.5 latents: connect an SD 1.5 VAE (Load Checkpoint's VAE)")
-        loaded = flowdiffusion_model(path, model if kind in ("delta", "lora") else None)
+        try:
+            loaded = flowdiffusion_model(path, model if kind in ("delta", "lora") else None)
+        except ImportError as error:  # only LoRA files need peft, which requirements.txt leaves out (it names torch)
+            raise RuntimeError(f"flowdiffusion: {flowdiffusion} is a LoRA file and needs the peft package in "
+                               f"ComfyUI's Python ({error})") from None
         if loaded.codec.kind == "sd-vae":
             codec = ChannelsLastVAECodec(vae.encode, vae.decode, loaded.codec.scale)
         else:
@@ -98,15 +103,9 @@ class FlowDiffusionEdit(io.ComfyNode):
 
 def weights_path(name: str) -> str:
     """The file the ``flowdiffusion`` widget names; FileNotFoundError naming every motionnft_drag folder."""
-    path = None if name == NO_WEIGHTS else folder_paths.get_full_path(DRAG_FOLDER, name)
-    if path is None:
-        chosen = "no flowdiffusion file is chosen" if name == NO_WEIGHTS else f"{name!r} is in none of them"
-        raise FileNotFoundError(
-            f"flowdiffusion: FlowDiffusion Edit needs weights and {chosen}. Put a FlowDiffusion file "
-            f"(flowdiffusion.safetensors from 'motionnft train-drag --part flowdiffusion') into one of the "
-            f"{DRAG_FOLDER} folders and pick it:\n{model_folder_listing(DRAG_FOLDER)}"
-        )
-    return path
+    return chosen_model_file("flowdiffusion", name, DRAG_FOLDER, "FlowDiffusion Edit needs weights",
+                             "a FlowDiffusion file (flowdiffusion.safetensors from 'motionnft train-drag --part "
+                             "flowdiffusion')")
 
 
 _LOADED: dict = {}
@@ -119,16 +118,14 @@ def flowdiffusion_model(path: str, model=None):
 
     device = comfy.model_management.get_torch_device()
     unet_module = model.model.diffusion_model if model is not None else None
-    key = (path, os.stat(path).st_mtime_ns, id(unet_module), str(device))
-    if key not in _LOADED:
-        _LOADED.clear()
-        base = None
-        if unet_module is not None:
-            base = sd15_unet(model, device)
+
+    def load():
+        base = sd15_unet(model, device) if unet_module is not None else None
         loaded = load_flowdiffusion_file(path, base_unet=base)
         dtype = base.dtype if base is not None else loaded.model.unet.dtype
-        _LOADED[key] = loaded._replace(model=loaded.model.to(device, dtype))
-    return _LOADED[key]
+        return loaded._replace(model=loaded.model.to(device, dtype))
+
+    return keep_one_loaded(_LOADED, (path, os.stat(path).st_mtime_ns, id(unet_module), str(device)), load)
 
 
 def sd15_unet(model, device):
