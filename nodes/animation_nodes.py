@@ -29,7 +29,6 @@ ANIMATION_FOLDER = "motionnft_animation"
 """ComfyUI model folder of the TPSMM weights (``models/motionnft_animation``: the official
 ``vox.pth.tar`` / ``taichi.pth.tar`` / ``ted.pth.tar`` / ``mgif.pth.tar`` or their .safetensors)."""
 
-NO_MODEL = NO_FILE
 
 register_model_folder(ANIMATION_FOLDER)
 # Official checkpoints are named *.pth.tar: list them too (ComfyUI matches the last suffix only).
@@ -56,8 +55,8 @@ class AnimateImage(io.ComfyNode):
                 io.Image.Input("source", tooltip="The image to animate (the first of a batch); resized to the "
                                "working size, as the official demo does."),
                 io.Combo.Input(
-                    "model", options=[NO_MODEL, *folder_paths.get_filename_list(ANIMATION_FOLDER)],
-                    default=NO_MODEL,
+                    "model", options=[NO_FILE, *folder_paths.get_filename_list(ANIMATION_FOLDER)],
+                    default=NO_FILE,
                     tooltip="Weights in models/motionnft_animation: an official TPSMM checkpoint (vox.pth.tar "
                     "for faces, taichi, ted, mgif), its converted .safetensors, or a train-animation .safetensors "
                     "(TPSMM or the paper's model; the kind is read from the file).",

@@ -16,7 +16,6 @@ from .common import (CATEGORY, DRAG_FOLDER, NO_FILE, Flow, check_mask, chosen_mo
                      keep_one_loaded)
 
 SPLINE, FLOWGEN = "thin-plate spline", "FlowGen"
-NO_WEIGHTS = NO_FILE
 
 DRAG_EDITOR_HELP = (
     "Drag list from the point-drag editor on this node: click a point on the image and drag "
@@ -57,8 +56,8 @@ class DragToFlow(io.ComfyNode):
                     "pin_borders are the spline's only.",
                 ),
                 io.Combo.Input(
-                    "flowgen", options=[NO_WEIGHTS, *folder_paths.get_filename_list(DRAG_FOLDER)],
-                    default=NO_WEIGHTS, optional=True,
+                    "flowgen", options=[NO_FILE, *folder_paths.get_filename_list(DRAG_FOLDER)],
+                    default=NO_FILE, optional=True,
                     tooltip="FlowGen weights (flowgen.safetensors from 'motionnft train-drag') in "
                     "models/motionnft_drag; used when method is FlowGen.",
                 ),
@@ -68,7 +67,7 @@ class DragToFlow(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, drags, smoothness, pin_borders, mask=None, method=SPLINE,
-                flowgen=NO_WEIGHTS) -> io.NodeOutput:
+                flowgen=NO_FILE) -> io.NodeOutput:
         picture = image_to_bchw("image", image)
         batch, _, height, width = picture.shape
         drag_list = parse_drags(drags)

@@ -21,7 +21,6 @@ import comfy.model_management
 from .common import (CATEGORY, DRAG_FOLDER, NO_FILE, Flow, bchw_to_image, check_flow, chosen_model_file,
                      image_to_bchw, keep_one_loaded, progress_callback)
 
-NO_WEIGHTS = NO_FILE
 DIFFUSERS_HINT = ("FlowDiffusion needs diffusers in ComfyUI's Python (the pack's requirements.txt lists it: install "
                   "the pack's requirements into that Python)")
 
@@ -44,8 +43,8 @@ class FlowDiffusionEdit(io.ComfyNode):
                 io.Image.Input("image", tooltip="The source image(s)."),
                 Flow.Input("flow", tooltip="Where each pixel should go, in pixels of image (batch 1 or the image's)."),
                 io.Combo.Input(
-                    "flowdiffusion", options=[NO_WEIGHTS, *folder_paths.get_filename_list(DRAG_FOLDER)],
-                    default=NO_WEIGHTS,
+                    "flowdiffusion", options=[NO_FILE, *folder_paths.get_filename_list(DRAG_FOLDER)],
+                    default=NO_FILE,
                     tooltip="FlowDiffusion weights (flowdiffusion.safetensors) in models/motionnft_drag.",
                 ),
                 io.Float.Input("image_guidance", default=1.5, min=0.0, max=20.0, step=0.1,
@@ -125,7 +124,9 @@ def flowdiffusion_model(path: str, model=None):
         dtype = base.dtype if base is not None else loaded.model.unet.dtype
         return loaded._replace(model=loaded.model.to(device, dtype))
 
-    return keep_one_loaded(_LOADED, (path, os.stat(path).st_mtime_ns, id(unet_module), str(device)), load)
+    # The base UNet itself (not its id) is in the key: the cache keeps it alive, so another
+    # checkpoint's UNet can never reuse its id and be given this base's model.
+    return keep_one_loaded(_LOADED, (path, os.stat(path).st_mtime_ns, unet_module, str(device)), load)
 
 
 def sd15_unet(model, device):

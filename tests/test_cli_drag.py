@@ -110,7 +110,13 @@ def test_train_drag_writes_flowgen_weights_that_drag_uses(trained, image, tmp_pa
                 tmp_path / "run.png"]) == 0
 
 
-def test_train_drag_resumes_a_finished_run_without_training(trained, mined, capsys):
+def test_train_drag_resumes_a_finished_run_without_training(trained, mined, capsys, monkeypatch):
+    from motionnft.drag.train_flowgen import FlowGenTrainer
+
+    def no_training(self):  # a finished run must not take another step (retraining would look the same)
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(FlowGenTrainer, "train_step", no_training)
     before = load_flowgen(trained / "flowgen.safetensors").state_dict()
     assert run(["train-drag", "--data", mined, "--out", trained, "--steps", "2", "--batch-size", "2", "--quiet"]) == 0
     after = load_flowgen(trained / "flowgen.safetensors").state_dict()

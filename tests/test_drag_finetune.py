@@ -10,7 +10,8 @@ import torch
 import motionnft.cli as cli
 from motionnft.cli.drag import add_drag, add_train_drag
 from motionnft.drag import load_flowgen
-from motionnft.drag.finetune import InitRecord, add_conv_lora, load_flowgen_init, merged_state, state_signature
+from motionnft.drag.finetune import (InitRecord, add_conv_lora, check_same_init, load_flowgen_init, merged_state,
+                                     state_signature)
 from motionnft.drag.flow_data import figure_scenes
 from motionnft.drag.flowgen import FlowGen, FlowGenConfig
 from motionnft.drag.inference import save_flowgen
@@ -134,10 +135,12 @@ def test_a_lora_run_resumes_exactly_and_only_on_the_same_init(pretrained, scenes
 
 def test_a_signature_tells_weights_apart():
     state = FlowGen(FlowGenConfig.tiny()).state_dict()
-    assert state_signature(state) == state_signature({k: v.clone() for k, v in state.items()})
     changed = dict(state, **{"downs.0.block.0.weight": state["downs.0.block.0.weight"] + 1e-3})
     assert state_signature(changed) != state_signature(state)
-    assert InitRecord("a", 1.0).as_dict() == {"path": "a", "signature": 1.0}
+    same, other = InitRecord("a", state_signature(state)), InitRecord("b", state_signature(changed))
+    check_same_init(same.as_dict(), InitRecord("copy", state_signature(dict(state))), "run")  # same weights: passes
+    with pytest.raises(ValueError, match="other weights"):
+        check_same_init(same.as_dict(), other, "run")
 
 
 def test_cli_lora_run_exports_a_plain_flowgen_equal_to_the_checkpoint(pretrained, tmp_path, capsys):
@@ -212,7 +215,7 @@ def sd_base(tmp_path_factory):
 
 def test_a_scene_lora_on_a_delta_exports_a_delta_that_reloads_on_the_base_to_the_trained_model(sd_base, tmp_path):
     from motionnft.drag.flowdiffusion import from_sd_unet
-    from motionnft.drag.flowdiffusion_files import load_flowdiffusion_file, plain_state, read_header
+    from motionnft.drag.flowdiffusion_files import load_flowdiffusion_file, read_header
     from motionnft.drag.sd_checkpoint import load_sd15
 
     small = ["--steps", "2", "--batch-size", "1", "--size", "64", "--scenes", "2", "--learning-rate", "1e-2",
@@ -225,7 +228,7 @@ def test_a_scene_lora_on_a_delta_exports_a_delta_that_reloads_on_the_base_to_the
     assert read_header(exported)["kind"] == "delta"
     parts = load_sd15(sd_base)
     start = from_sd_unet(parts.unet, parts.null_text)
-    start.load_state_dict(plain_state(load_flowdiffusion_file(init, parts.unet).model))
+    start.load_state_dict(merged_state(load_flowdiffusion_file(init, parts.unet).model))
     trained = rebuilt(start, tmp_path / "b", 2)
     loaded = load_flowdiffusion_file(exported, parts.unet).model
     assert torch.allclose(fd_outputs(loaded), fd_outputs(trained), atol=1e-6)

@@ -209,8 +209,7 @@ def _flowdiffusion(source: Path, base: Path | None = None, device: str | None = 
     if not source.exists():
         raise FileNotFoundError(f"--flowdiffusion {source}: no such file or folder (expected a FlowDiffusion file "
                                 "from train-drag --part flowdiffusion, or its run / checkpoint folder)")
-    is_run = source.is_dir() and ((source / "checkpoints").is_dir() or (source / "trainer_state.pt").is_file())
-    if source.is_dir() and not is_run and (source / FILE_NAME).is_file():
+    if source.is_dir() and (source / FILE_NAME).is_file():  # a finished run: its exported file (any kind)
         source = source / FILE_NAME
     try:
         if source.is_file():

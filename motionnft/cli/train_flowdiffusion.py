@@ -140,13 +140,14 @@ def _from_init(init: Path, model, base_unet, device):
     """(the trained FlowDiffusion of ``--init`` on ``device``, ready to train; its InitRecord). On a
     base, ``model`` (fresh from it) receives the file's merged weights."""
     from ..drag.finetune import InitRecord, state_signature
-    from ..drag.flowdiffusion_files import load_flowdiffusion_file, plain_state
+    from ..drag.finetune import merged_state
+    from ..drag.flowdiffusion_files import load_flowdiffusion_file
 
     try:
         loaded = load_flowdiffusion_file(init, base_unet=base_unet)
     except (OSError, ValueError) as error:
         raise type(error)(f"--init {error}" if str(init) in str(error) else f"--init {init}: {error}") from None
-    state = plain_state(loaded.model)
+    state = merged_state(loaded.model)
     if model is None:
         model = loaded.model.to(device)
     else:

@@ -37,7 +37,9 @@ class InitRecord:
 def state_signature(state: dict[str, torch.Tensor]) -> float:
     """Σ |w| over every floating tensor of ``state`` in float64: cheap (one pass), and a
     different training run or file changes it."""
-    return float(sum(value.detach().double().abs().sum() for value in state.values() if value.is_floating_point()))
+    from .flowdiffusion_files import tensor_signature
+
+    return float(sum(tensor_signature(value) for value in state.values() if value.is_floating_point()))
 
 
 def check_same_init(saved: dict | None, given: InitRecord | None, where: Path | str) -> None:

@@ -35,6 +35,7 @@ from typing import NamedTuple
 import torch
 
 from ..files import atomic_write
+from .finetune import merged_state
 from .flowdiffusion import IN_CHANNELS, PREDICTION_TYPES, FlowDiffusion, from_sd_unet
 from .flowdiffusion_conditioning import SD15_LATENT_SCALE, PooledRGBCodec
 
@@ -128,26 +129,6 @@ def read_header(path: str | os.PathLike) -> dict:
     return metadata
 
 
-def plain_state(model: FlowDiffusion) -> dict[str, torch.Tensor]:
-    """``model``'s tensors without LoRA structure: each peft layer's base weight plus its
-    ``scaling · B·A`` (the merged model), under the plain module names."""
-    from_lora = {}
-    for name, module in model.named_modules():
-        if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
-            base = module.base_layer
-            delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters)
-            from_lora[f"{name}.weight"] = (base.weight.detach() + delta.to(base.weight.dtype))
-            if base.bias is not None:
-                from_lora[f"{name}.bias"] = base.bias.detach()
-    state = {}
-    for name, tensor in model.state_dict().items():
-        if "lora_" in name or ".base_layer." in name:
-            continue
-        state[name] = tensor.detach()
-    state.update(from_lora)
-    return state
-
-
 def _lora_settings(model: FlowDiffusion) -> dict:
     config = getattr(model.unet, "peft_config", {}).get("default")
     if config is None:
@@ -156,13 +137,15 @@ def _lora_settings(model: FlowDiffusion) -> dict:
             "lora_targets": json.dumps(sorted(config.target_modules))}
 
 
-def _signature(tensor: torch.Tensor) -> float:
+def tensor_signature(tensor: torch.Tensor) -> float:
+    """Σ |w| in float64: a cheap check that two tensors (or whole models, summed) are the same weights."""
     return float(tensor.detach().double().abs().sum())
 
 
 def _base_state(base) -> dict[str, torch.Tensor]:
-    """The 10-channel FlowDiffusion state (``unet.*`` names) of a 4-channel base UNet, conv_in zero-extended."""
-    return {f"unet.{name}": value for name, value in from_sd_unet(base).unet.state_dict().items()}
+    """A 4-channel base UNet's tensors under FlowDiffusion's ``unet.*`` names (no copy: its
+    4-channel ``conv_in`` never matches, and the conv_in tensors are always stored anyway)."""
+    return {f"unet.{name}": value for name, value in base.state_dict().items()}
 
 
 def save_flowdiffusion(path: str | os.PathLike, model: FlowDiffusion, codec: CodecSpec, size: int,
@@ -189,16 +172,17 @@ def save_flowdiffusion(path: str | os.PathLike, model: FlowDiffusion, codec: Cod
                 "prediction_type": model.prediction_type, "codec": json.dumps(asdict(codec)),
                 "working_size": str(int(size))}
     if kind == "full":
-        tensors = plain_state(model)
+        tensors = merged_state(model)
     elif kind == "lora":
         metadata.update(_lora_settings(model))
         state = model.state_dict()
         tensors = {name: value for name, value in state.items() if "lora_" in name}
-        tensors.update({name: plain_state(model)[name] for name in (*CONV_IN, "null_text")})
+        merged = merged_state(model)
+        tensors.update({name: merged[name] for name in (*CONV_IN, "null_text")})
     else:
         if base is None:
             raise ValueError("base: kind 'delta' needs the 4-channel SD UNet the model was fine-tuned from")
-        state, reference = plain_state(model), _base_state(base)
+        state, reference = merged_state(model), _base_state(base)
         tensors, signature = {"null_text": state["null_text"]}, {}
         for name, value in state.items():
             if name == "null_text":
@@ -206,7 +190,7 @@ def save_flowdiffusion(path: str | os.PathLike, model: FlowDiffusion, codec: Cod
             same = name in reference and reference[name].shape == value.shape and torch.equal(
                 reference[name].to(value.device, value.dtype), value)
             if same and name not in CONV_IN:
-                signature[name] = _signature(value)
+                signature[name] = tensor_signature(value)
             else:
                 tensors[name] = value
         metadata["base_signature"] = json.dumps(signature)
@@ -292,7 +276,7 @@ def _check_base(model: FlowDiffusion, signature: dict[str, float], path: Path) -
     for name, expected in signature.items():
         if name not in state:
             raise ValueError(f"{path}: the base UNet has no {name}; this delta was made for another model")
-        found = _signature(state[name])
+        found = tensor_signature(state[name])
         if abs(found - expected) > SIGNATURE_TOLERANCE * max(abs(expected), 1e-12):
             raise ValueError(f"{path}: this delta was made from another SD 1.5 UNet ({name} differs: sum of "
                              f"|w| {found:.6g} vs {expected:.6g}); load the checkpoint it was fine-tuned from")

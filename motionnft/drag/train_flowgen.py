@@ -218,12 +218,8 @@ def load_generator(checkpoint: str | os.PathLike) -> FlowGen:
     rank = int(state["config"].get("lora_rank", 0))
     if rank:
         add_conv_lora(generator, rank)
-        generator.load_state_dict(state["generator"])
-        plain = FlowGen(generator.config)
-        plain.load_state_dict(merged_state(generator))
-        return plain.eval()
     generator.load_state_dict(state["generator"])
-    return generator.eval()
+    return plain_generator(generator).eval()
 
 
 def plain_generator(generator: FlowGen) -> FlowGen:
