@@ -106,6 +106,11 @@ def test_bases_are_orthonormal_at_every_pass_and_the_check_catches_raw_parameter
         assert torch.allclose(basis @ basis.T, torch.eye(4), atol=1e-5)
     raw = module.identity_basis  # what an implementation without Gram-Schmidt would use
     assert not torch.allclose(raw @ raw.T, torch.eye(4), atol=1e-2)
+    with torch.no_grad():  # an optimiser step moves the raw vectors: the next pass orthonormalises them anew
+        module.identity_basis.add_(torch.randn_like(module.identity_basis))
+    moved, _ = module.bases()
+    assert torch.allclose(moved @ moved.T, torch.eye(4), atol=1e-5)
+    assert not torch.allclose(moved, identity, atol=1e-3)  # not a basis kept from an earlier pass
 
 
 def test_decoupling_loss_zero_for_orthogonal_bases_and_positive_otherwise():
@@ -190,7 +195,8 @@ def test_exact_resume_of_the_paper_model_with_the_discriminator(tmp_path):
         AnimationTrainer(paper_config(decoupling=False), data(), tmp_path / "b", show_progress=False).run("auto")
 
 
-def test_without_accelerate_the_run_is_the_same(tmp_path):
+def test_without_accelerate_the_run_is_the_same(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # both runs on the CPU, also on a machine with a GPU
     runs = []
     for use, folder in ((True, "a"), (False, "b")):
         trainer = AnimationTrainer(config(steps=2, accelerate=use), data(), tmp_path / folder, show_progress=False)
@@ -220,10 +226,16 @@ def test_save_load_round_trip_reads_the_kind_from_the_file(tmp_path):
     plain = tmp_path / "plain.safetensors"
     save_model(TPSMM(model.config), plain)
     assert type(load_official_checkpoint(plain)) is TPSMM
-    mixed = tmp_path / "mixed.safetensors"
+    converted = tmp_path / "converted.safetensors"
     save_converted({name: getattr(model, name).state_dict() for name in NETWORKS if getattr(model, name, None)}
-                   | {"motion_optimizer": model.motion_optimizer.state_dict()}, mixed)
-    assert type(load_official_checkpoint(mixed)) is TPSMM  # save_converted keeps TPSMM's networks only
+                   | {"motion_optimizer": model.motion_optimizer.state_dict()}, converted)
+    assert type(load_official_checkpoint(converted)) is TPSMM  # save_converted keeps TPSMM's networks only
+    from safetensors.torch import load_file, save_file
+
+    mixed = tmp_path / "mixed.safetensors"  # paper tensors, but no config saying which model they belong to
+    save_file(load_file(str(path)), str(mixed), metadata={"format": "tpsmm"})
+    with pytest.raises(ValueError, match="another model kind"):
+        load_official_checkpoint(mixed)
 
 
 def test_without_the_accelerate_package_the_plain_loop_runs(tmp_path, monkeypatch):

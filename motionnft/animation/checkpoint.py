@@ -27,7 +27,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from ..files import atomic_write
 
 from .config import PRESETS, AVDConfig, DenseMotionConfig, InpaintingConfig, TPSMMConfig
 from .model import NETWORKS, TPSMM
@@ -183,18 +185,24 @@ def save_model(model: TPSMM, path: str | Path) -> None:
     configuration in the header (``animation_config``)."""
     networks = {name: getattr(model, name).state_dict() for name in NETWORKS + PAPER_NETWORKS
                 if getattr(model, name, None) is not None}
-    flat = {f"{name}.{key}": value.detach().cpu().contiguous() for name, state in networks.items()
-            for key, value in state.items()}
     metadata = {"format": "tpsmm", "licence": LICENCE}
     paper = getattr(model, "model_config", None)
     if paper is not None:
         metadata["animation_config"] = paper.to_json()
         metadata["kind"] = paper.kind
-    save_file(flat, str(path), metadata=metadata)
+    _write_networks(networks, path, metadata)
 
 
 def save_converted(networks: dict[str, dict[str, torch.Tensor]], path: str | Path) -> None:
-    """Write network state dicts as one safetensors file with flat ``<network>.<key>`` names."""
+    """Write TPSMM's network state dicts as one safetensors file with flat ``<network>.<key>`` names."""
+    _write_networks({name: state for name, state in networks.items() if name in NETWORKS}, path,
+                    {"format": "tpsmm", "licence": LICENCE})
+
+
+def _write_networks(networks: dict[str, dict[str, torch.Tensor]], path: str | Path, metadata: dict) -> None:
+    """One safetensors file of flat ``<network>.<key>`` tensors, written atomically (a run killed
+    while saving leaves the old file or none, never a truncated one the node would list)."""
     flat = {f"{name}.{key}": value.detach().cpu().contiguous() for name, state in networks.items()
-            for key, value in state.items() if name in NETWORKS}
-    save_file(flat, str(path), metadata={"format": "tpsmm", "licence": LICENCE})
+            for key, value in state.items()}
+    with atomic_write(path) as handle:
+        handle.write(save(flat, metadata))

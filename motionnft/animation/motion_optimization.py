@@ -16,6 +16,8 @@ source downsampled to the flow's grid (3 channels). The occlusion masks are not 
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
@@ -68,10 +70,12 @@ def window_reverse(windows: torch.Tensor, window: int, height: int, width: int) 
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
 
 
+@functools.lru_cache(maxsize=16)
 def shifted_window_mask(height: int, width: int, window: int, shift: int, device=None) -> torch.Tensor:
     """Swin's mask for windows after a cyclic shift by ``shift``: ``(nW, window², window²)``,
     0 where two tokens come from the same region of the unshifted map and -inf elsewhere
-    (the rolled border strips must not attend to the far side of the image)."""
+    (the rolled border strips must not attend to the far side of the image). Cached: it depends
+    on the sizes alone and every shifted block of every frame asks for the same one."""
     regions = torch.zeros(1, height, width, 1, device=device)
     bands = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     label = 0
